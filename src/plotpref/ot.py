@@ -1,0 +1,598 @@
+"""The PLOT term: a 1-D Wasserstein distance between next-token distributions and Q.
+
+PLOT (paper eq. 10-14) places every token ``v`` of the vocabulary on a line at
+``x_v = ||E_v||_p`` (eq. 6, 9) and compares the model's next-token distribution
+``p = softmax(z)`` with a fixed target preference distribution ``Q`` by the optimal-transport
+cost with ground cost ``|x_u - x_v|``. On a line that cost has a closed form: with the tokens
+sorted by position (order ``sigma``, gaps ``Delta_k = x_sigma(k+1) - x_sigma(k) >= 0``)::
+
+    W1(p, Q) = sum_{k=1}^{V-1} | F_p(k) - F_Q(k) | * Delta_k,      F_p(k) = sum_{j<=k} p_sigma(j)
+
+so no LP or Sinkhorn solver is needed; ``scipy.stats.wasserstein_distance(x, x, p, Q)`` computes
+the same number (it is the test oracle).
+
+Public API
+----------
+:func:`wasserstein_1d`
+    The plain function: one W1 per row of a ``(N, V)`` logits tensor.
+:func:`make_distance`
+    A reusable :class:`PreferenceDistance` for training: it sorts the support once, keeps the
+    gaps and the target CDF, and evaluates rows in chunks, so that a step never sorts ``V``
+    values and its extra memory is bounded (see below). Variants: ``"w1"`` (PLOT), and the
+    paper's ablations ``"tv"`` (0-1 cost), ``"kl"``, ``"js"`` and ``"deft"`` (eq. 15).
+:func:`token_positions`
+    The support ``x`` from a model's embedding table.
+
+Cost and memory of a :class:`PreferenceDistance` call on ``(N, V)`` logits
+--------------------------------------------------------------------------
+Forward works on ``chunk_size`` rows at a time in float32 (float64 for float64 logits). When
+the logits require grad, the closed-form gradient of each chunk is computed right away and
+written into one ``(N, V)`` buffer in the logits' dtype; backward only scales that buffer by the
+incoming gradient, in place. The extra memory is that buffer plus a workspace of a few
+``chunk_size x V`` arrays, i.e. at most about twice the logits tensor. Backward may run more than
+once (``retain_graph=True``, ``gradcheck``): later calls recompute the gradient from the saved
+logits. Double backward is not supported.
+
+The gather of every row into sorted token order is the most expensive step (random access over
+``V``). A trainer can skip it: permute the output layer's rows once by ``dist.order``, so that
+logits come out already sorted, and call ``dist(logits, presorted=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from plotpref.errors import PlotprefError
+
+__all__ = [
+    "VARIANTS",
+    "PreferenceDistance",
+    "make_distance",
+    "token_positions",
+    "wasserstein_1d",
+]
+
+#: Variants of the extra term, with what each computes per row.
+VARIANTS: dict[str, str] = {
+    "w1": "1-D Wasserstein distance W1(p, Q) on the token positions (PLOT, eq. 11-14)",
+    "tv": "0-1 cost, i.e. total variation 1/2 sum_v |p(v) - Q(v)| (PLOT without embeddings)",
+    "kl": "KL(p || Q) = sum_v p(v) log(p(v) / Q(v)) (+inf if Q has a zero)",
+    "js": "Jensen-Shannon divergence JS(p, Q), natural log (at most log 2)",
+    "deft": "negative DEFT reward -sum_v dF(v) p(v) (eq. 15; minimising it maximises the reward)",
+}
+
+_TARGET_SUM_TOLERANCE = 1e-3
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+
+
+def _as_vector(value, name: str) -> Tensor:
+    tensor = torch.as_tensor(value).detach()
+    if tensor.dim() != 1:
+        raise PlotprefError(f"{name} must be a 1-D tensor of length V (one entry per token); got shape {tuple(tensor.shape)}")
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64)):
+        raise PlotprefError(f"{name} must hold real numbers; got dtype {tensor.dtype}")
+    if tensor.numel() < 1:
+        raise PlotprefError(f"{name} is empty; it needs one entry per token of the vocabulary")
+    return tensor.to(torch.float64)
+
+
+def _check_support(support) -> Tensor:
+    x = _as_vector(support, "support")
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        idx = bad.nonzero().flatten()[:5].tolist()
+        raise PlotprefError(
+            f"support has {int(bad.sum())} non-finite token positions (NaN or inf), e.g. at token ids {idx}; "
+            "the positions must be finite, e.g. the embedding norms from token_positions(model)"
+        )
+    return x
+
+
+def _check_target(target, vocab_size: int) -> Tensor:
+    q = _as_vector(target, "target")
+    if q.numel() != vocab_size:
+        raise PlotprefError(
+            f"target has {q.numel()} entries but the support has {vocab_size}; both must have one entry per "
+            "row of the model's output layer (the logits' last dimension)"
+        )
+    if torch.isnan(q).any() or torch.isinf(q).any():
+        idx = (~torch.isfinite(q)).nonzero().flatten()[:5].tolist()
+        raise PlotprefError(f"target has NaN or inf entries, e.g. at token ids {idx}; Q must be a probability vector")
+    if (q < 0).any():
+        idx = (q < 0).nonzero().flatten()[:5].tolist()
+        raise PlotprefError(
+            f"target has {int((q < 0).sum())} negative entries (min {q.min().item():.3g}), e.g. at token ids {idx}; "
+            "Q must be non-negative (build it with a non-negative transform of dF, e.g. min_shift)"
+        )
+    total = q.sum().item()
+    if total <= 0:
+        raise PlotprefError("target is all zero; Q must be a probability vector with positive total mass")
+    if abs(total - 1.0) > _TARGET_SUM_TOLERANCE:
+        raise PlotprefError(
+            f"target sums to {total:.6g}, not 1 (tolerance {_TARGET_SUM_TOLERANCE:g}); pass a probability vector "
+            "(divide it by its sum). A distance to an unnormalised vector is not the PLOT term, and this often "
+            "means dF was passed where Q was meant"
+        )
+    return q / total  # remove float32 rounding of the stored sum
+
+
+def _check_delta_f(delta_f, vocab_size: int) -> Tensor:
+    d = _as_vector(delta_f, "delta_f")
+    if d.numel() != vocab_size:
+        raise PlotprefError(f"delta_f has {d.numel()} entries but the support has {vocab_size}; both must be of length V")
+    if not torch.isfinite(d).all():
+        raise PlotprefError("delta_f has NaN or inf entries; it must be F+ - F- (values in [-1, 1])")
+    if d.abs().max().item() > 1 + 1e-6:
+        raise PlotprefError(
+            f"delta_f has entries outside [-1, 1] (max |dF| = {d.abs().max().item():.3g}); it must be the difference "
+            "of two token-frequency distributions F+ - F-"
+        )
+    return d
+
+
+def _check_logits(logits: Tensor, vocab_size: int) -> None:
+    if not isinstance(logits, Tensor):
+        raise PlotprefError(f"logits must be a torch.Tensor of shape (N, V); got {type(logits).__name__}")
+    if logits.dim() != 2:
+        raise PlotprefError(
+            f"logits must be 2-D (N rows, V={vocab_size} tokens); got shape {tuple(logits.shape)}. "
+            "Select the positions first, e.g. logits[mask] for a (B, T, V) tensor and a (B, T) mask"
+        )
+    if logits.shape[1] != vocab_size:
+        raise PlotprefError(
+            f"logits have {logits.shape[1]} columns but the target/support have {vocab_size} entries; use the "
+            "model whose embeddings gave the support (V is the output layer's number of rows)"
+        )
+    if not logits.is_floating_point():
+        raise PlotprefError(f"logits must be floating point; got dtype {logits.dtype}")
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# Row kernels: value and closed-form gradient for a chunk of rows
+# --------------------------------------------------------------------------------------------
+#
+# Every variant is a function D(p) of p = softmax(z) per row. With a = dD/dp (a row vector),
+# the chain rule through softmax gives dD/dz = p * (a - <p, a>). A kernel takes a chunk of
+# logits z (n, V) already in the accumulation dtype and in working column order, and returns
+# the values (n,) and, when asked, writes dD/dz into `grad_out` (n, V, accumulation dtype).
+
+
+def _softmax_grad(p: Tensor, a: Tensor, grad_out: Tensor) -> None:
+    """grad_out <- p * (a - <p, a>) row-wise; `a` may be overwritten."""
+    mean = torch.linalg.vecdot(p, a, dim=1).unsqueeze(1)
+    torch.sub(a, mean, out=grad_out)
+    grad_out.mul_(p)
+
+
+class _W1Kernel:
+    """W1 on a sorted support; constants in sorted order.
+
+    Per row, in sorted order, with e = exp(z - max z), c = cumsum(e), T = c[V-1]:
+        d_k = c_k - T * F_Q(k)                          (k < V-1; = T * (F_p(k) - F_Q(k)))
+        s_k = sign(d_k) * Delta_k
+        W1  = sum_k d_k s_k / T                         (= sum_k |F_p(k) - F_Q(k)| Delta_k)
+        dW1/dp_j = sum_{k>=j} s_k = S - h_j,  h_j = sum_{k<j} s_k   (exclusive cumsum)
+    and the constant S drops out of p * (a - <p, a>), so a = -h.
+    Cumulating exp(z - max) and dividing by the last entry, rather than cumulating a softmax,
+    makes F_p end at exactly 1 and keeps the float32 error against scipy near 1e-6.
+    """
+
+    needs_sorted = True
+
+    def __init__(self, gaps: Tensor, cdf_q: Tensor):
+        self.gaps = gaps  # (V-1,)
+        self.cdf_q = cdf_q  # (V-1,) F_Q(k) for k < V-1
+
+    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict) -> Tensor:
+        n, V = z.shape
+        gaps, cdf_q = self.gaps, self.cdf_q
+        e = _buffer(ws, "e", n, V, z)
+        torch.sub(z, z.amax(dim=1, keepdim=True), out=e)
+        e.exp_()
+        c = _buffer(ws, "c", n, V, z)
+        torch.cumsum(e, dim=1, out=c)
+        total = c[:, -1:].clone()
+        d = c[:, :-1]
+        d.addcmul_(total, cdf_q, value=-1.0)  # d = c - T * F_Q
+        # s = sign(d) * Delta, stored with a leading 0 column so that its cumsum is exclusive.
+        s = _buffer(ws, "s", n, V, z)
+        s[:, 0] = 0
+        torch.copysign(gaps, d, out=s[:, 1:])
+        values = torch.linalg.vecdot(d, s[:, 1:], dim=1).div_(total.squeeze(1))
+        if grad_out is not None:
+            torch.cumsum(s, dim=1, out=c)  # c <- h (exclusive cumsum of s); a = -h
+            e.div_(total)  # e <- p
+            mean = torch.linalg.vecdot(e, c, dim=1).unsqueeze(1)
+            torch.sub(mean, c, out=grad_out)  # <p,h> - h = a - <p,a>
+            grad_out.mul_(e)
+        return values
+
+
+class _TVKernel:
+    """Total variation 1/2 sum|p - Q| (the OT cost with 0-1 ground cost); dD/dp = 1/2 sign(p - Q)."""
+
+    needs_sorted = False
+
+    def __init__(self, q: Tensor, dtype: torch.dtype, device: torch.device):
+        self.q = q.to(device=device, dtype=dtype)
+
+    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict) -> Tensor:
+        p = torch.softmax(z, dim=1)
+        diff = p - self.q
+        values = diff.abs().sum(dim=1).mul_(0.5)
+        if grad_out is not None:
+            _softmax_grad(p, diff.sign_().mul_(0.5), grad_out)
+        return values
+
+
+class _KLKernel:
+    """KL(p || Q) = sum_v p(v) (log p(v) - log Q(v)); dD/dp = log p - log Q (+1, which drops out).
+
+    Mathematically p = softmax(z) > 0 everywhere, so KL is +inf as soon as Q has a zero: those rows
+    return +inf, and their gradient is set to 0 (it does not exist) rather than NaN. Tiny Q mass
+    gives large but finite values. Terms with p(v) = 0 exactly (logit -inf) count 0.
+    """
+
+    needs_sorted = False
+
+    def __init__(self, q: Tensor, dtype: torch.dtype, device: torch.device):
+        # log in float64 first: Q = 1e-300 must give a large finite value, not an underflow to -inf
+        self.log_q = q.log().to(device=device, dtype=dtype)  # -inf where Q = 0
+
+    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict) -> Tensor:
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        log_p = torch.log_softmax(z, dim=1)
+        p = log_p.exp()
+        a = log_p - self.log_q  # +inf where Q = 0
+        terms = torch.where(torch.isneginf(self.log_q), math.inf, p * a)  # p > 0 there, even if it underflowed
+        terms = torch.where(torch.isneginf(log_p), zero, terms)  # logit -inf: p = 0 exactly, 0 log 0 = 0
+        values = terms.sum(dim=1)
+        if grad_out is not None:
+            finite = torch.isfinite(values).unsqueeze(1)
+            a = torch.where(torch.isfinite(a), a, torch.zeros((), dtype=z.dtype, device=z.device))
+            _softmax_grad(p, a, grad_out)
+            grad_out.masked_fill_(~finite, 0.0)
+        return values
+
+
+class _JSKernel:
+    """JS(p, Q) = 1/2 KL(p || m) + 1/2 KL(Q || m), m = (p + Q)/2, natural log; dD/dp = 1/2 log(p/m).
+
+    Always finite (at most log 2), whatever zeros Q has. scipy's ``jensenshannon`` returns the
+    square root of this number.
+    """
+
+    needs_sorted = False
+
+    def __init__(self, q: Tensor, dtype: torch.dtype, device: torch.device):
+        self.q = q.to(device=device, dtype=dtype)
+        self.log_q = q.log().to(device=device, dtype=dtype)
+
+    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict) -> Tensor:
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        log_p = torch.log_softmax(z, dim=1)
+        p = log_p.exp()
+        log_m = torch.logaddexp(log_p, self.log_q) - math.log(2.0)
+        log_p_over_m = torch.where(p > 0, log_p - log_m, zero)
+        log_q_over_m = torch.where(self.q > 0, self.log_q - log_m, zero)
+        values = 0.5 * (torch.linalg.vecdot(p, log_p_over_m, dim=1) + torch.linalg.vecdot(self.q.expand_as(p), log_q_over_m, dim=1))
+        if grad_out is not None:
+            _softmax_grad(p, log_p_over_m.mul_(0.5), grad_out)
+        return values
+
+
+class _DEFTKernel:
+    """Negative DEFT reward -sum_v dF(v) p(v) (eq. 15, negated); dD/dp = -dF."""
+
+    needs_sorted = False
+
+    def __init__(self, delta_f: Tensor, dtype: torch.dtype, device: torch.device):
+        self.neg_delta_f = (-delta_f).to(device=device, dtype=dtype)
+
+    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict) -> Tensor:
+        p = torch.softmax(z, dim=1)
+        a = self.neg_delta_f.expand_as(p)
+        values = torch.linalg.vecdot(p, a, dim=1)
+        if grad_out is not None:
+            _softmax_grad(p, a.clone(), grad_out)
+        return values
+
+
+def _buffer(ws: dict, name: str, n: int, V: int, like: Tensor) -> Tensor:
+    """A reusable (n, V) workspace array (the last chunk may be shorter)."""
+    buf = ws.get(name)
+    if buf is None or buf.shape[1] != V or buf.shape[0] < n:
+        buf = torch.empty(n, V, dtype=like.dtype, device=like.device)
+        ws[name] = buf
+    return buf[:n]
+
+
+# --------------------------------------------------------------------------------------------
+# The chunked autograd Function
+# --------------------------------------------------------------------------------------------
+
+
+def _run_chunks(
+    logits: Tensor,
+    kernel: Callable,
+    order: Tensor | None,
+    chunk_size: int,
+    values: Tensor | None,
+    grad: Tensor | None,
+) -> None:
+    """Evaluate `kernel` on `logits` chunk by chunk, writing values (N,) and/or grad (N, V).
+
+    `order` is the permutation into the kernel's column order (None: logits are already in it).
+    """
+    N, V = logits.shape
+    acc = _accumulation_dtype(logits.dtype)
+    ws: dict[str, Tensor] = {}
+    for start in range(0, N, chunk_size):
+        stop = min(start + chunk_size, N)
+        n = stop - start
+        rows = logits[start:stop]
+        if order is not None:
+            z = _buffer(ws, "z", n, V, rows.new_empty((), dtype=acc))
+            if rows.dtype == acc:
+                torch.index_select(rows, 1, order, out=z)
+            else:
+                z.copy_(rows.index_select(1, order))
+        elif rows.dtype != acc:
+            z = rows.to(acc)
+        else:
+            z = rows
+        if grad is None:
+            g = None
+        elif order is None and grad.dtype == acc:
+            g = grad[start:stop]  # write straight into the result
+        else:
+            g = _buffer(ws, "g", n, V, z)
+        chunk_values = kernel(z, g, ws)
+        if values is not None:
+            values[start:stop] = chunk_values
+        if g is not None and g.data_ptr() != grad[start:stop].data_ptr():
+            if order is not None:
+                grad[start:stop].index_copy_(1, order, g.to(grad.dtype))
+            else:
+                grad[start:stop].copy_(g)
+
+
+class _ChunkedRowDistance(torch.autograd.Function):
+    """D(softmax(z_n)) for every row n, with the gradient computed in forward (see module docs)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, kernel, order: Tensor | None, chunk_size: int) -> Tensor:
+        acc = _accumulation_dtype(logits.dtype)
+        values = torch.empty(logits.shape[0], dtype=acc, device=logits.device)
+        grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if ctx.needs_input_grad[0] else None
+        _run_chunks(logits, kernel, order, chunk_size, values, grad)
+        ctx.kernel, ctx.order, ctx.chunk_size, ctx.grad = kernel, order, chunk_size, grad
+        ctx.save_for_backward(logits)
+        return values
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:  # a second backward through the same graph: recompute
+            (logits,) = ctx.saved_tensors
+            grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+            _run_chunks(logits, ctx.kernel, ctx.order, ctx.chunk_size, None, grad)
+        grad.mul_(grad_output.unsqueeze(1).to(grad.dtype))
+        return grad, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Public objects
+# --------------------------------------------------------------------------------------------
+
+
+class PreferenceDistance:
+    """A per-row distance ``D(softmax(logits[n]), target)`` with a fixed target and support.
+
+    Build it with :func:`make_distance`. Calling it on logits ``(N, V)`` returns ``(N,)`` values in
+    float32 (float64 for float64 logits), differentiable with respect to the logits; rows are
+    processed ``chunk_size`` at a time, so the extra memory is about the logits' size plus a
+    ``chunk_size x V`` workspace, whatever ``N``.
+
+    Attributes:
+        variant: one of :data:`VARIANTS`.
+        vocab_size: V, the number of columns the logits must have.
+        chunk_size: rows per chunk.
+        order: LongTensor (V,), the token ids sorted by position ``x`` ascending (stable for ties).
+            Logits whose columns are ``logits[:, order]`` may be passed with ``presorted=True``.
+        support: float64 (V,) token positions ``x``.
+    """
+
+    def __init__(self, variant: str, kernel_factory: Callable[[Tensor, torch.dtype, torch.device, bool], Callable],
+                 *, support: Tensor, chunk_size: int, needs_sorted: bool):
+        self.variant = variant
+        self.support = support
+        self.vocab_size = support.numel()
+        self.chunk_size = chunk_size
+        self.order = torch.sort(support, stable=True).indices
+        self._needs_sorted = needs_sorted
+        self._kernel_factory = kernel_factory
+        self._cache: dict = {}
+
+    def __repr__(self) -> str:
+        return f"PreferenceDistance(variant={self.variant!r}, vocab_size={self.vocab_size}, chunk_size={self.chunk_size})"
+
+    def _kernel(self, dtype: torch.dtype, device: torch.device, presorted: bool):
+        key = (dtype, device, presorted)
+        if key not in self._cache:
+            self._cache[key] = self._kernel_factory(self.order, dtype, device, presorted or self._needs_sorted)
+        return self._cache[key]
+
+    def __call__(self, logits: Tensor, *, presorted: bool = False) -> Tensor:
+        """Per-row values for ``logits`` (N, V).
+
+        Args:
+            logits: (N, V) float tensor of any float dtype, one next-token distribution per row.
+            presorted: the columns are already in ``self.order`` (logits[:, k] is token
+                ``order[k]``), e.g. because the output layer's rows were permuted once; this skips
+                the per-row gather.
+
+        Returns:
+            (N,) float32 (float64 for float64 logits).
+        """
+        _check_logits(logits, self.vocab_size)
+        acc = _accumulation_dtype(logits.dtype)
+        kernel = self._kernel(acc, logits.device, presorted)
+        order = None
+        if self._needs_sorted and not presorted:
+            order = self._cache.setdefault(("order", logits.device), self.order.to(logits.device))
+        return _ChunkedRowDistance.apply(logits, kernel, order, self.chunk_size)
+
+
+def make_distance(
+    variant: str = "w1",
+    *,
+    support: Tensor,
+    target: Tensor | None = None,
+    delta_f: Tensor | None = None,
+    chunk_size: int = 64,
+) -> PreferenceDistance:
+    """Build the PLOT term (or an ablation variant) for a fixed target and token geometry.
+
+    Args:
+        variant: ``"w1"`` (PLOT, eq. 11-14; needs ``target``), ``"tv"`` (0-1 cost: total
+            variation; needs ``target``), ``"kl"`` (KL(p || Q); needs ``target``), ``"js"``
+            (Jensen-Shannon, natural log; needs ``target``) or ``"deft"`` (negative DEFT reward
+            ``-sum_v dF(v) p(v)``, eq. 15; needs ``delta_f``). See :data:`VARIANTS`.
+        support: (V,) token positions ``x_v`` (e.g. :func:`token_positions`); finite, ties allowed.
+        target: (V,) Q, non-negative, summing to 1 within 1e-3 (renormalised exactly; a larger
+            deviation is an error, not silently fixed).
+        delta_f: (V,) dF = F+ - F-, values in [-1, 1] (variant ``"deft"``).
+        chunk_size: rows evaluated at once; bounds the workspace to a few ``chunk_size x V``
+            arrays. Results do not depend on it.
+
+    Returns:
+        A callable :class:`PreferenceDistance`: ``dist(logits (N, V)) -> (N,)``. A trainer
+        minimises ``lam * dist(logits).mean()`` for every variant.
+
+    Raises:
+        PlotprefError: unknown variant, missing or malformed target/delta_f/support.
+    """
+    if variant not in VARIANTS:
+        valid = ", ".join(f"{k!r} ({v})" for k, v in VARIANTS.items())
+        raise PlotprefError(f"unknown distance variant {variant!r}; valid variants: {valid}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise PlotprefError(f"chunk_size must be a positive integer (rows per chunk); got {chunk_size!r}")
+    x = _check_support(support)
+    V = x.numel()
+    if variant == "deft":
+        if delta_f is None:
+            raise PlotprefError("variant 'deft' needs delta_f (dF = F+ - F-, e.g. PreferenceDistribution.delta_f)")
+        constant = _check_delta_f(delta_f, V)
+    else:
+        if target is None:
+            raise PlotprefError(f"variant {variant!r} needs target (Q, e.g. PreferenceDistribution.q)")
+        constant = _check_target(target, V)
+        if variant == "kl" and (constant == 0).any():
+            warnings.warn(
+                f"Q is exactly 0 on {int((constant == 0).sum())} tokens: KL(p || Q) is +inf for every row "
+                "(softmax puts mass everywhere), and those rows get a zero gradient. Use a Q with full "
+                "support (the min_shift default has it) or the 'js' variant.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    if variant == "w1":
+        order = torch.sort(x, stable=True).indices
+        x_sorted = x[order]
+        gaps64 = x_sorted[1:] - x_sorted[:-1]
+        cdf64 = torch.cumsum(constant[order], 0)[:-1].clamp_(max=1.0)
+
+        def factory(_order, dtype, device, _sorted):
+            return _W1Kernel(gaps64.to(device=device, dtype=dtype), cdf64.to(device=device, dtype=dtype))
+
+        return PreferenceDistance(variant, factory, support=x, chunk_size=chunk_size, needs_sorted=True)
+
+    kernel_class = {"tv": _TVKernel, "kl": _KLKernel, "js": _JSKernel, "deft": _DEFTKernel}[variant]
+
+    def factory(order, dtype, device, presorted):
+        vec = constant[order] if presorted else constant
+        return kernel_class(vec, dtype, device)
+
+    return PreferenceDistance(variant, factory, support=x, chunk_size=chunk_size, needs_sorted=False)
+
+
+def wasserstein_1d(logits: Tensor, target: Tensor, support: Tensor, *, chunk_size: int = 64) -> Tensor:
+    """W1(softmax(logits[n]), target) on the 1-D support, for every row n (paper eq. 11-14).
+
+    ``W1(p, Q) = sum_{k=1}^{V-1} |F_p(k) - F_Q(k)| * (x_sigma(k+1) - x_sigma(k))`` with sigma the
+    order that sorts ``support`` and F the cumulative sums in that order; it is the optimal
+    transport cost between p and Q with ground cost ``|x_u - x_v|``.
+
+    Args:
+        logits: (N, V) any float dtype; rows are softmaxed.
+        target: (V,) Q, a probability vector (a constant: no gradient).
+        support: (V,) token positions x_v (a constant), ties allowed.
+        chunk_size: rows per chunk (memory bound only; results do not depend on it).
+
+    Returns:
+        (N,) float32 (float64 for float64 logits), differentiable with respect to ``logits``.
+
+    This sorts the support on every call; for training build a :func:`make_distance` once.
+    """
+    return make_distance("w1", support=support, target=target, chunk_size=chunk_size)(logits)
+
+
+def token_positions(model: torch.nn.Module, p: float = 2.0, source: str = "input") -> Tensor:
+    """Token positions x_v = ||E_v||_p on the line (paper eq. 9; eq. 6 gives the cost |x_u - x_v|).
+
+    Args:
+        model: a transformers model (or any module with ``get_input_embeddings`` /
+            ``get_output_embeddings``).
+        p: the norm's order (2 = Euclidean, the paper's choice; ``float("inf")`` allowed).
+        source: ``"input"`` (the input embedding table, default) or ``"output"`` (the output
+            layer's weight rows).
+
+    Returns:
+        float32 (V,) detached, with V the output layer's number of rows (the logits' width), which
+        may exceed the tokenizer's length.
+
+    Raises:
+        PlotprefError: unknown source, bad p, no output layer, or an input table whose number of rows
+            differs from the output layer's (then the positions would not match the logits).
+    """
+    if source not in ("input", "output"):
+        raise PlotprefError(f"source must be 'input' or 'output' (which embedding table gives x); got {source!r}")
+    if not (isinstance(p, (int, float)) and p > 0):
+        raise PlotprefError(f"p must be a positive number (the l_p norm's order); got {p!r}")
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is None or getattr(output, "weight", None) is None:
+        raise PlotprefError(
+            f"{type(model).__name__} has no output layer (get_output_embeddings() is None); load a causal LM "
+            "(AutoModelForCausalLM) so that V, the logits' width, is known"
+        )
+    vocab_size = output.weight.shape[0]
+    if source == "input":
+        table = model.get_input_embeddings().weight
+        if table.shape[0] != vocab_size:
+            raise PlotprefError(
+                f"the input embedding table has {table.shape[0]} rows but the output layer has {vocab_size}: the "
+                "token positions would not line up with the logits. Resize the embeddings "
+                "(model.resize_token_embeddings) or use source='output'"
+            )
+    else:
+        table = output.weight
+    if table.numel() == 0:
+        raise PlotprefError("the embedding table is empty (sharded, e.g. DeepSpeed ZeRO-3?); compute positions before sharding")
+    with torch.no_grad():
+        return torch.linalg.vector_norm(table.detach(), ord=p, dim=1, dtype=torch.float32)
