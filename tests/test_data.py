@@ -393,3 +393,18 @@ def test_collated_real_batch_does_not_label_padding_even_when_pad_is_eos(tokeniz
         assert batch["labels"][i, :n].tolist() == order[b]["labels"][k]
         assert (batch["labels"][i, n:] == IGNORE_INDEX).all() and (batch["attention_mask"][i, n:] == 0).all()
         assert batch["labels"][i, n - 1] == tokenizer.pad_token_id  # the real <|im_end|> is labelled, the pads are not
+
+
+@pytest.mark.parametrize("name,layout", [("standard.jsonl", "pairwise"), ("conversational.jsonl", "pairwise"),
+                                         ("implicit_conversations.jsonl", "implicit"), ("ranked.jsonl", "ranked")])
+def test_example_files_load_and_tokenise(name, layout, tokenizer):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "data" / name
+    data = load_preference_data(path)
+    assert data.layout == layout and not data.skipped
+    for example in data:
+        row = tokenize_example(example, tokenizer)
+        assert len(row["input_ids"]) == len(example.responses) >= 2
+    if layout == "ranked":
+        assert data[0].responses[0] == "7 is a prime number." and data[0].rewards == [0.9, 0.4, 0.1]
