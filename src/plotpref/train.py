@@ -127,7 +127,8 @@ def build_distance(cfg: PlotprefConfig, model, tokenizer):
     else:
         dist = load_or_build_distribution(
             cfg.train_data, tokenizer, vocab_size=vocab_size, cache_dir=cache_dir() / "distributions",
-            lines=cfg.line_range, transform=cfg.plot_transform, temperature=cfg.plot_temperature)
+            lines=cfg.line_range, format=cfg.data_format, transform=cfg.plot_transform,
+            temperature=cfg.plot_temperature)
     support = token_positions(model, p=cfg.plot_norm_p, source=cfg.plot_embedding)
     distance = make_distance(cfg.plot, support=support, target=dist.q.float(), delta_f=dist.delta_f.float(),
                              chunk_size=cfg.plot_chunk_size)
@@ -151,8 +152,11 @@ class RefreshSupport(TrainerCallback):
 
 
 # ---- the run ----------------------------------------------------------------------------------
-def train(cfg: PlotprefConfig) -> dict:
-    """Run one training job end to end; returns the summary written to train_summary.json."""
+def train(cfg: PlotprefConfig, callbacks: list[TrainerCallback] | None = None) -> dict:
+    """Run one training job end to end; returns the summary written to train_summary.json.
+
+    ``callbacks`` are added to the Trainer (transformers ``TrainerCallback`` objects).
+    """
     from plotpref.trainer import PlotTrainer
 
     set_seed(cfg.seed)
@@ -185,6 +189,8 @@ def train(cfg: PlotprefConfig) -> dict:
 
     trainer = PlotTrainer(model=model, args=cfg, distance=distance, ref_model=ref_model, train_dataset=rows,
                           data_collator=TrainCollator(tokenizer.pad_token_id), processing_class=tokenizer)
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
     if distance is not None and cfg.plot_refresh_steps:
         trainer.add_callback(RefreshSupport(trainer, cfg, dist.q.float(), dist.delta_f.float()))
 
@@ -198,6 +204,8 @@ def train(cfg: PlotprefConfig) -> dict:
     seconds = time.perf_counter() - start
     trainer.save_model(str(out))
     tokenizer.save_pretrained(str(out))
+    # The resolved config is in plotpref_config.yaml; drop the Trainer's pickled copy of it.
+    (out / "training_args.bin").unlink(missing_ok=True)
 
     summary = {
         "objective": cfg.objective,

@@ -204,7 +204,7 @@ class PlotTrainer(Trainer):
         for key in [k for k in self._metrics if k.startswith("eval_") == bool(prefix)]:
             values = self._metrics.pop(key)
             logs[key] = sum(values) / len(values)
-        if not prefix:
+        if not prefix and "train_runtime" not in logs:  # not on the end-of-training summary
             now = time.perf_counter()
             logs["tokens_per_second"] = self._tokens_since_log / max(now - self._time_of_last_log, 1e-9)
             self._tokens_since_log, self._time_of_last_log = 0, now
