@@ -20,9 +20,10 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
     Labels are *not* shifted by the caller (Hugging Face convention): prompt and padding
     positions carry -100. The log-softmax is computed in float32 (float64 for float64 logits)
-    one row at a time as ``logits.gather(label) - logsumexp(logits)``, so at most one row's
-    worth of float32 temporaries, (T-1, V), exists on top of the logits themselves (for
-    (4, 512, 49152) float32 logits: 100 MB instead of another 400 MB).
+    as ``logits.gather(label) - logsumexp(logits)``, the log-sum-exp one row at a time, so the
+    forward pass holds at most one row's float32 temporaries, (T-1, V), on top of the logits
+    (measured for (4, 512, 49152) float32 logits: +103 MiB peak, against +771 MiB for
+    ``log_softmax(logits).gather``).
 
     Args:
         logits (torch.Tensor): model outputs, shape (B, T, V), any floating dtype.
@@ -61,15 +62,13 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
             f"sequence_logps: label id {int(bad[0])} is outside the vocabulary [0, {vocab_size}) of the logits; "
             "use -100 for positions that are not scored, and a tokenizer that matches the model"
         )
-    index = targets.masked_fill(~mask, 0).unsqueeze(-1)  # (B, T-1, 1)
     dtype = torch.promote_types(logits.dtype, torch.float32)
-
-    rows = []
-    for b in range(logits.shape[0]):  # one row at a time bounds the float32 temporaries
-        row = logits[b, :-1].to(dtype)  # (T-1, V); no copy when already float32
-        rows.append(row.gather(-1, index[b]).squeeze(-1) - torch.logsumexp(row, dim=-1))
-    per_token = torch.stack(rows) if rows else logits.new_zeros((0, targets.shape[1]), dtype=dtype)
-    logps = torch.where(mask, per_token, per_token.new_zeros(())).sum(-1)
+    shifted = logits[:, :-1]  # (B, T-1, V), a view
+    picked = shifted.gather(-1, targets.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1).to(dtype)  # (B, T-1)
+    # One row at a time bounds the float32 temporaries of the log-sum-exp (and of its backward,
+    # which unbind's backward stacks into one gradient without per-row full-size copies).
+    log_z = torch.stack([torch.logsumexp(row.to(dtype), dim=-1) for row in shifted.unbind(0)])  # (B, T-1)
+    logps = torch.where(mask, picked - log_z, picked.new_zeros(())).sum(-1)
     return logps, mask.sum(-1)
 
 
