@@ -39,8 +39,8 @@ def aot_loss(
     does not use which chosen response goes with which rejected one.
 
     Mapping to TRL (1.16): ``unpaired=False`` is ``loss_type="aot"``; ``unpaired=True`` is
-    ``loss_type="aot_unpaired"`` (named ``"aot_pair"`` in TRL 0.x, where the docs describe
-    ``"aot"`` as the one for paired data).
+    ``loss_type="aot_unpaired"``, which TRL 0.x called ``"aot_pair"`` despite its sorting the
+    chosen and rejected rewards separately.
 
     With B = 1 a sort is the identity and both forms equal :func:`~plotpref.objectives.dpo_loss`
     (a warning says so, once per process): AOT needs batches of several pairs.
