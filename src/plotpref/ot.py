@@ -207,12 +207,14 @@ class _W1Kernel:
         s = _buffer(ws, "s", n, V, z)
         s[:, 0] = 0
         torch.copysign(self.gaps, d, out=s[:, 1:])
-        values = torch.linalg.vecdot(d, s[:, 1:], dim=1).div_(total.squeeze(1))
+        # Row dot products as an in-place product and a sum: torch's pairwise summation keeps the
+        # float32 error near 1e-7, where a BLAS dot (bmm) was measured 10x worse here.
+        values = d.mul_(s[:, 1:]).sum(dim=1).div_(total.squeeze(1))
         if grad_out is not None:
             h = torch.cumsum(s, dim=1, out=c)  # a = -h
-            mean = torch.linalg.vecdot(p, h, dim=1).unsqueeze(1)
-            torch.sub(mean, h, out=grad_out)  # <p, h> - h = a - <p, a>
-            grad_out.mul_(p)
+            ph = torch.mul(p, h, out=grad_out)
+            mean = ph.sum(dim=1, keepdim=True)  # <p, h>
+            torch.sub(torch.mul(p, mean, out=c), ph, out=grad_out)  # p * (<p, h> - h) = p * (a - <p, a>)
         return values
 
 
