@@ -84,6 +84,9 @@ class PlotprefConfig(TrainingArguments):
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "tensorboard, none, all, ..."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every field."})
+    dataloader_pin_memory: bool = field(
+        default_factory=lambda: __import__("torch").cuda.is_available(),
+        metadata={"help": "Pin host memory for the data loader (only useful with a GPU)."})
     save_only_model: bool = field(default=False, metadata={"help": "Checkpoints without optimizer state (no exact resume)."})
 
     def __post_init__(self):

@@ -66,8 +66,6 @@ def prepare_rows(cfg: PlotprefConfig, tokenizer) -> tuple[list[dict], dict]:
         if row is None:
             truncated += 1
             continue
-        if ex.rewards is not None and cfg.objective == "pro":
-            row["rewards"] = list(ex.rewards)
         rows.append(row)
     stats = {"examples": len(examples), "kept": len(rows), "dropped_truncated": truncated}
     if truncated:
