@@ -182,6 +182,15 @@ def test_backward_twice_with_retain_graph():
     torch.testing.assert_close(first, _grad(lambda t: _naive_w1(t, q, x), z, torch.ones(3, dtype=z.dtype)))
 
 
+def test_non_contiguous_logits():
+    z, q, x = _case(130, 6, seed=25, dtype=torch.float32)
+    dist = make_distance(support=x, target=q, chunk_size=4)
+    zt = z.t().contiguous().t()  # same values, column-major strides
+    assert not zt.is_contiguous()
+    torch.testing.assert_close(dist(zt), dist(z), rtol=0, atol=0)
+    torch.testing.assert_close(_grad(dist, zt), _grad(dist, z), rtol=0, atol=0)
+
+
 def test_no_grad_and_detached_inputs():
     z, q, x = _case(60, 3, seed=12)
     dist = make_distance(support=x, target=q)

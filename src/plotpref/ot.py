@@ -419,12 +419,12 @@ class PreferenceDistance:
     """
 
     def __init__(self, variant: str, kernel_factory: Callable[[Tensor, torch.dtype, torch.device, bool], Callable],
-                 *, support: Tensor, chunk_size: int, needs_sorted: bool):
+                 *, support: Tensor, order: Tensor, chunk_size: int, needs_sorted: bool):
         self.variant = variant
         self.support = support
         self.vocab_size = support.numel()
         self.chunk_size = chunk_size
-        self.order = torch.sort(support, stable=True).indices
+        self.order = order
         self._needs_sorted = needs_sorted
         self._kernel_factory = kernel_factory
         self._cache: dict = {}
@@ -515,8 +515,8 @@ def make_distance(
                 stacklevel=2,
             )
 
+    order = torch.sort(x, stable=True).indices
     if variant == "w1":
-        order = torch.sort(x, stable=True).indices
         x_sorted = x[order]
         gaps64 = x_sorted[1:] - x_sorted[:-1]
         cdf64 = torch.cumsum(constant[order], 0)[:-1].clamp_(max=1.0)
@@ -524,7 +524,7 @@ def make_distance(
         def factory(_order, dtype, device, _sorted):
             return _W1Kernel(gaps64.to(device=device, dtype=dtype), cdf64.to(device=device, dtype=dtype))
 
-        return PreferenceDistance(variant, factory, support=x, chunk_size=chunk_size, needs_sorted=True)
+        return PreferenceDistance(variant, factory, support=x, order=order, chunk_size=chunk_size, needs_sorted=True)
 
     kernel_class = {"tv": _TVKernel, "kl": _KLKernel, "js": _JSKernel, "deft": _DEFTKernel}[variant]
 
@@ -532,7 +532,7 @@ def make_distance(
         vec = constant[order] if presorted else constant
         return kernel_class(vec, dtype, device)
 
-    return PreferenceDistance(variant, factory, support=x, chunk_size=chunk_size, needs_sorted=False)
+    return PreferenceDistance(variant, factory, support=x, order=order, chunk_size=chunk_size, needs_sorted=False)
 
 
 def wasserstein_1d(logits: Tensor, target: Tensor, support: Tensor, *, chunk_size: int = 64) -> Tensor:
