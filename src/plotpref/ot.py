@@ -169,6 +169,7 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 # the chain rule through softmax gives dD/dz = p * (a - <p, a>). A kernel takes a chunk of
 # logits z (n, V) already in the accumulation dtype and in working column order, and returns
 # the values (n,) and, when asked, writes dD/dz into `grad_out` (n, V, accumulation dtype).
+# `scratch` says that z is a workspace copy the kernel may overwrite (grad_out may then be z).
 
 
 def _softmax_grad(p: Tensor, a: Tensor, grad_out: Tensor) -> None:
@@ -197,14 +198,16 @@ class _W1Kernel:
         self.gaps = gaps  # (V-1,)
         self.cdf_q = cdf_q  # (V-1,) F_Q(k) for k < V-1
 
-    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict) -> Tensor:
+    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict, scratch: bool = False) -> Tensor:
+        # Three (n, V) workspace arrays: p, c, and s (which reuses z when z is scratch; grad_out
+        # may be that same array, as s is dead once h is computed).
         n, V = z.shape
         p = torch.softmax(z, dim=1, out=_buffer(ws, "p", n, V, z))
         c = torch.cumsum(p, dim=1, out=_buffer(ws, "c", n, V, z))
         total = c[:, -1:].clone()
         d = c[:, :-1].addcmul_(total, self.cdf_q, value=-1.0)  # d = c - T * F_Q, in place
         # s = sign(d) * Delta, stored after a leading 0 column so that its cumsum is exclusive.
-        s = _buffer(ws, "s", n, V, z)
+        s = z if scratch else _buffer(ws, "s", n, V, z)
         s[:, 0] = 0
         torch.copysign(self.gaps, d, out=s[:, 1:])
         # Row dot products as an in-place product and a sum: torch's pairwise summation keeps the
@@ -226,7 +229,7 @@ class _TVKernel:
     def __init__(self, q: Tensor, dtype: torch.dtype, device: torch.device):
         self.q = q.to(device=device, dtype=dtype)
 
-    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict) -> Tensor:
+    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict, scratch: bool = False) -> Tensor:
         p = torch.softmax(z, dim=1)
         diff = p - self.q
         values = diff.abs().sum(dim=1).mul_(0.5)
@@ -249,7 +252,7 @@ class _KLKernel:
         # log in float64 first: Q = 1e-300 must give a large finite value, not an underflow to -inf
         self.log_q = q.log().to(device=device, dtype=dtype)  # -inf where Q = 0
 
-    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict) -> Tensor:
+    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict, scratch: bool = False) -> Tensor:
         zero = torch.zeros((), dtype=z.dtype, device=z.device)
         log_p = torch.log_softmax(z, dim=1)
         p = log_p.exp()
@@ -278,7 +281,7 @@ class _JSKernel:
         self.q = q.to(device=device, dtype=dtype)
         self.log_q = q.log().to(device=device, dtype=dtype)
 
-    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict) -> Tensor:
+    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict, scratch: bool = False) -> Tensor:
         zero = torch.zeros((), dtype=z.dtype, device=z.device)
         log_p = torch.log_softmax(z, dim=1)
         p = log_p.exp()
@@ -299,7 +302,7 @@ class _DEFTKernel:
     def __init__(self, delta_f: Tensor, dtype: torch.dtype, device: torch.device):
         self.neg_delta_f = (-delta_f).to(device=device, dtype=dtype)
 
-    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict) -> Tensor:
+    def __call__(self, z: Tensor, grad_out: Tensor | None, ws: dict, scratch: bool = False) -> Tensor:
         p = torch.softmax(z, dim=1)
         a = self.neg_delta_f.expand_as(p)
         values = torch.linalg.vecdot(p, a, dim=1)
@@ -355,11 +358,13 @@ def _run_chunks(
             z = rows
         if grad is None:
             g = None
-        elif order is None and grad.dtype == acc:
+        elif order is not None:
+            g = z  # the gathered copy is scratch: the kernel may reuse it for the gradient
+        elif grad.dtype == acc:
             g = grad[start:stop]  # write straight into the result
         else:
             g = _buffer(ws, "g", n, V, z)
-        chunk_values = kernel(z, g, ws)
+        chunk_values = kernel(z, g, ws, scratch=order is not None)
         if values is not None:
             values[start:stop] = chunk_values
         if g is not None and g.data_ptr() != grad[start:stop].data_ptr():
