@@ -31,7 +31,7 @@ def _rate(flags: list[bool]) -> float | None:
 
 
 def harmlessness(model, tokenizer, attacks: list[Attack], static_cases: dict[str, list[TestCase]], behaviors, judge: Judge,
-                 *, max_new_tokens: int, batch_size: int, records: list[dict]) -> dict:
+                 *, max_new_tokens: int, batch_size: int, records: list[dict], max_batch_tokens: int = 1024) -> dict:
     """Attack success rate (ASR = fraction judged jailbroken) per attack, per category and source.
 
     ``static_cases`` holds the cases of attacks that do not depend on the model; white-box attacks
@@ -43,7 +43,8 @@ def harmlessness(model, tokenizer, attacks: list[Attack], static_cases: dict[str
         if cases is None:
             cases = attack.test_cases(behaviors, model, tokenizer)
         generations = generate(model, tokenizer, [c.prompt for c in cases], prefills=[c.prefill for c in cases],
-                               max_new_tokens=max_new_tokens, batch_size=batch_size, desc=f"attack {attack.name}")
+                               max_new_tokens=max_new_tokens, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                               desc=f"attack {attack.name}")
         verdicts = judge.judge([c.behavior for c in cases], generations)
         by_category, by_source = defaultdict(list), defaultdict(list)
         for case, generation, jailbroken in zip(cases, generations, verdicts):
@@ -78,9 +79,10 @@ def load_benign_prompts(n: int | None) -> list[str]:
 
 
 def over_refusal(model, tokenizer, prompts: list[str], refusal_judge: KeywordJudge, *, max_new_tokens: int, batch_size: int,
-                 records: list[dict]) -> tuple[dict, list[str]]:
+                 records: list[dict], max_batch_tokens: int = 1024) -> tuple[dict, list[str]]:
     """Fraction of benign prompts refused (a refusal string occurs in the reply); returns the replies too."""
-    generations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, desc="benign prompts")
+    generations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           max_batch_tokens=max_batch_tokens, desc="benign prompts")
     refused = [refusal_judge.is_refusal(g) for g in generations]
     records += [{"metric": "over_refusal", "prompt": p, "output": g, "refused": r} for p, g, r in zip(prompts, generations, refused)]
     return {"refusal_rate": _rate(refused), "n": len(prompts), "refused": sum(refused),
@@ -155,10 +157,11 @@ def load_gsm8k(n: int | None) -> list[GSM8KItem]:
     return items
 
 
-def gsm8k(model, tokenizer, items: list[GSM8KItem], *, max_new_tokens: int, batch_size: int, records: list[dict]) -> dict:
+def gsm8k(model, tokenizer, items: list[GSM8KItem], *, max_new_tokens: int, batch_size: int, records: list[dict],
+          max_batch_tokens: int = 1024) -> dict:
     """Exact-match accuracy of the extracted final number (greedy, zero-shot, instruction prompt)."""
     outputs = generate(model, tokenizer, [GSM8K_PROMPT.format(question=i.question) for i in items],
-                       max_new_tokens=max_new_tokens, batch_size=batch_size, desc="gsm8k")
+                       max_new_tokens=max_new_tokens, batch_size=batch_size, max_batch_tokens=max_batch_tokens, desc="gsm8k")
     correct, unparsed = [], 0
     for item, output in zip(items, outputs):
         predicted = extract_final_number(output)

@@ -27,6 +27,9 @@ class EvalConfig:
     """Seeds torch and the behaviour sampling; the same seed gives the same report."""
     batch_size: int = 16
     """Rows per forward pass / generate call."""
+    max_batch_tokens: int = 1024
+    """Generation batches are also cut so that rows x longest prompt stays under this (long
+    HarmBench contexts then do not pad a whole batch)."""
     max_new_tokens: int = 64
     """Greedy generation length for attacked behaviours and benign prompts."""
     dtype: str = "float32"
@@ -133,7 +136,7 @@ class EvalConfig:
         bad = sorted(set(self.harmbench_categories) - {"standard", "contextual", "copyright"})
         if bad:
             raise PlotprefError(f"unknown HarmBench categories {', '.join(bad)}; known: standard, contextual, copyright")
-        for name in ("batch_size", "max_new_tokens", "gsm8k_max_new_tokens", "max_length", "max_prompt_length", "gcg_steps", "gcg_search_width", "gcg_topk"):
+        for name in ("batch_size", "max_batch_tokens", "max_new_tokens", "gsm8k_max_new_tokens", "max_length", "max_prompt_length", "gcg_steps", "gcg_search_width", "gcg_topk"):
             if getattr(self, name) < 1:
                 raise PlotprefError(f"{name} must be at least 1, not {getattr(self, name)}")
         for f in dataclasses.fields(self):

@@ -34,7 +34,7 @@ def _token_budget_batches(order: list[int], lengths: list[int], batch_size: int,
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str | list[dict]], *, prefills: list[str] | None = None, max_new_tokens: int = 64,
-             batch_size: int = 16, max_batch_tokens: int = 2048, desc: str = "generating") -> list[str]:
+             batch_size: int = 16, max_batch_tokens: int = 1024, desc: str = "generating") -> list[str]:
     """Greedy continuations of ``prompts`` (user messages or message lists), decoded without
     special tokens. Prompts are sorted by length so that a batch wastes little padding; the output
     is in input order. With ``prefills``, the assistant turn starts with that text, and the

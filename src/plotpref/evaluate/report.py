@@ -160,13 +160,15 @@ def run_evaluation(models: dict[str, str | None], config: EvalConfig | None = No
             with _Timer(metrics, "harmlessness"):
                 metrics["harmlessness"] = benchmarks.harmlessness(
                     model, tokenizer, attacks, static_cases, behaviors, judge, max_new_tokens=config.max_new_tokens,
-                    batch_size=config.batch_size, records=records)
+                    batch_size=config.batch_size, records=records, max_batch_tokens=config.max_batch_tokens)
+                metrics["harmlessness"]["judge"] = report["judge"]  # name, settings and agreement with human labels
         benign_outputs = None
         if benign:
             timing: dict = {}
             with _Timer(timing, "over_refusal"):
                 result, benign_outputs = benchmarks.over_refusal(model, tokenizer, benign, refusal_judge, max_new_tokens=config.max_new_tokens,
-                                                                 batch_size=config.batch_size, records=records)
+                                                                 batch_size=config.batch_size, records=records,
+                                                                 max_batch_tokens=config.max_batch_tokens)
             if "over_refusal" in config.metrics:
                 metrics["over_refusal"] = {**result, **timing["over_refusal"]}
         if reward is not None:
@@ -182,7 +184,8 @@ def run_evaluation(models: dict[str, str | None], config: EvalConfig | None = No
         if "gsm8k" in config.metrics:
             with _Timer(metrics, "gsm8k"):
                 metrics["gsm8k"] = benchmarks.gsm8k(model, tokenizer, gsm8k_items, max_new_tokens=config.gsm8k_max_new_tokens,
-                                                    batch_size=config.batch_size, records=records)
+                                                    batch_size=config.batch_size, records=records,
+                                                    max_batch_tokens=config.max_batch_tokens)
         del model
         gc.collect()
         entry["seconds"] = round(time.perf_counter() - model_start, 3)
