@@ -417,3 +417,21 @@ def test_token_positions_errors():
         token_positions(model, p=0)
     with pytest.raises(PlotprefError, match="no output layer"):
         token_positions(model.model)
+
+
+@pytest.mark.slow
+def test_token_positions_of_the_default_model():
+    from plotpref.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(None)
+    x = token_positions(model)
+    V = model.get_output_embeddings().weight.shape[0]
+    assert x.shape == (V,) and V >= len(tokenizer)
+    assert torch.isfinite(x).all() and (x > 0).all()
+    ids = tokenizer("Hello there", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits[0]
+    uniform = torch.full((V,), 1.0 / V)
+    w = make_distance(support=x, target=uniform)(logits)
+    assert torch.isfinite(w).all() and (w > 0).all()
+    assert (w <= x.max() - x.min()).all()  # W1 never exceeds the support's diameter
