@@ -63,8 +63,8 @@ class CompareConfig:
                 raise PlotprefError(f"compare config: runs[{i}] name {run['name']!r}: use letters, digits and _.+=- only")
             names.append(run["name"])
             check_keys({k: v for k, v in run.items() if k != "name"}, PlotprefConfig, f"compare config runs[{i}] ({run['name']})")
-        if len(set(names)) != len(names) or "start" in names:
-            raise PlotprefError(f"compare config: run names must be unique and not 'start': {names}")
+        if len(set(names)) != len(names) or "base" in names:
+            raise PlotprefError(f"compare config: run names must be unique and not 'base' (the start model): {names}")
         check_keys(self.train, PlotprefConfig, "compare config 'train'")
         if self.eval_preset not in ("quick", "full"):
             raise PlotprefError(f"compare config: eval_preset must be quick or full, not {self.eval_preset!r}")
@@ -123,11 +123,13 @@ def _last(history: list[dict], key: str):
 
 def comparison_rows(cfg: CompareConfig, summaries: dict[str, dict], report: dict | None) -> list[dict]:
     """One row per model: its run settings, training figures and headline eval metrics."""
-    headline = (report or {}).get("headline", {})
+    from plotpref.evaluate.report import scalar_metrics
+
+    models = (report or {}).get("models", {})
     rows = []
-    for label in ["start", *summaries]:
+    for label in ["base", *summaries]:
         row = {"model": label}
-        if label == "start":
+        if label == "base":
             row.update(objective="-", plot="-", plot_lambda=0.0)
         else:
             s = summaries[label]
@@ -135,7 +137,8 @@ def comparison_rows(cfg: CompareConfig, summaries: dict[str, dict], report: dict
             row.update(objective=s["objective"], plot=s["plot"], plot_lambda=s["plot_lambda"],
                        steps=s["global_step"], seconds_per_step=round(s["seconds_per_step"], 3),
                        final_base_loss=_last(hist, "base_loss"), final_plot_term=_last(hist, "plot_term"))
-        row.update(headline.get(label, {}))
+        if label in models:
+            row.update(scalar_metrics(models[label]))
         rows.append(row)
     return rows
 
@@ -192,7 +195,8 @@ def compare(cfg: CompareConfig, overwrite: bool = False) -> dict:
     if cfg.evaluate:
         from plotpref.evaluate import run_evaluation
 
-        models = {"start": cfg.model, **{name: str(out / "runs" / name) for name in summaries}}
+        # "base" is the start model; the evaluation uses it as the reference for implicit rewards.
+        models = {"base": cfg.model, **{name: str(out / "runs" / name) for name in summaries}}
         report = run_evaluation(models, _eval_config(cfg), out / "eval")
     rows = comparison_rows(cfg, summaries, report)
     result = {"rows": rows, "train_seconds": train_seconds, "total_seconds": time.perf_counter() - start,
