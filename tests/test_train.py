@@ -19,25 +19,6 @@ from plotpref.config import parse_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama with the real SmolLM2 tokenizer (V = 49,152), saved as a HF folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from plotpref.models import load_tokenizer
-
-    tokenizer = load_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def _common(model: Path | None, out: Path, **extra) -> list[str]:
     args = {"train_data": "hh-harmless-train", "max_length": 96, "max_prompt_length": 48, "report_to": "none",
             "output_dir": str(out), "seed": 0, "logging_steps": 1, "save_strategy": "no", **extra}
