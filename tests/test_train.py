@@ -155,3 +155,32 @@ def test_malformed_data_line_is_reported(tmp_path, capsys):
     code = cli_main(["train", "--train_data", str(data), "--output_dir", str(tmp_path / "o"), "--report_to", "none"])
     assert code == 2
     assert "pairs.jsonl:2" in capsys.readouterr().err
+
+
+def test_tokenizer_without_pad_token(tmp_path, tiny_model_dir, caplog, capsys):
+    """No pad token: EOS pads (with a warning, as TRL does); neither pad nor EOS: a clear error."""
+    import json as _json
+    import shutil
+
+    from plotpref.models import load_tokenizer
+
+    def copy_without(tokens: list[str]) -> Path:
+        folder = tmp_path / "-".join(tokens)
+        shutil.copytree(tiny_model_dir, folder)
+        config = folder / "tokenizer_config.json"
+        data = _json.loads(config.read_text())
+        for key in tokens:
+            data[key] = None
+        config.write_text(_json.dumps(data))
+        return folder
+
+    no_pad = copy_without(["pad_token"])
+    with caplog.at_level("WARNING"):
+        tokenizer = load_tokenizer(str(no_pad))
+    assert tokenizer.pad_token == tokenizer.eos_token and "no pad token" in caplog.text
+    assert cli_main(["train", *_common(no_pad, tmp_path / "o1", objective="dpo", plot="none", max_steps=1,
+                                       max_train_samples=2)]) == 0
+
+    neither = copy_without(["pad_token", "eos_token"])
+    assert cli_main(["train", *_common(neither, tmp_path / "o2", max_steps=1)]) == 2
+    assert "neither a pad nor an EOS token" in capsys.readouterr().err
