@@ -221,7 +221,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no_eval", action="store_true", help="train only")
     parser.add_argument("--overwrite", action="store_true", help="retrain runs that already have a model")
     args = parser.parse_args(argv)
-    path = CONFIG_DIR / "compare_quick.yaml" if args.quick or not args.config else Path(args.config)
+    if not (args.quick or args.config):
+        raise PlotprefError("say what to compare: --quick (the demo preset) or --config FILE (see configs/compare_*.yaml)")
+    path = CONFIG_DIR / "compare_quick.yaml" if args.quick else Path(args.config)
     cfg = CompareConfig.from_yaml(path)
     if args.output_dir:
         cfg.output_dir = args.output_dir
