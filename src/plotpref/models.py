@@ -77,21 +77,21 @@ def default_model_path() -> Path:
 def resolve_model(name_or_path: str | os.PathLike | None) -> str:
     """A loadable model reference: the default model's folder for None/"default", else as given.
 
-    A path that looks local (exists, or contains a path separator or starts with '.' or '~') must
-    exist; otherwise the name is passed to transformers as a Hub id (which fails offline with
-    transformers' own message).
+    A reference that looks like a path (starts with '.', '/' or '~', or has more than one '/') must
+    exist; anything else is passed to transformers as a Hub id ("org/name"), whose loading errors
+    :func:`load_model` turns into a PlotprefError.
     """
     if name_or_path is None or str(name_or_path) in ("", "default", DEFAULT_MODEL):
         return str(default_model_path())
     text = os.path.expanduser(str(name_or_path))
     if os.path.exists(text):
         return text
-    if text.startswith((".", "/", "~")) or os.sep in text.strip("/").split("/", 1)[-1] or text.count("/") > 1:
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise PlotprefError(f"model path {name_or_path!s} does not exist: pass an existing folder or a Hugging Face model name")
     return text
 
 
-def _adapter_base(path: str) -> str | None:
+def adapter_base(path: str) -> str | None:
     """If ``path`` holds a PEFT adapter, the base model it was trained from."""
     config = Path(path) / "adapter_config.json"
     if not config.exists():
@@ -106,7 +106,7 @@ def load_tokenizer(name_or_path: str | None = None):
     from transformers import AutoTokenizer
 
     path = resolve_model(name_or_path)
-    base = _adapter_base(path)
+    base = adapter_base(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path if (Path(path) / "tokenizer_config.json").exists() or base is None else base)
     except OSError as exc:
@@ -129,7 +129,7 @@ def load_model(name_or_path: str | None = None, dtype: torch.dtype | str = torch
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     path = resolve_model(name_or_path)
-    base = _adapter_base(path)
+    base = adapter_base(path)
     try:
         if base is not None:
             from peft import PeftModel
@@ -147,3 +147,4 @@ def load_model(name_or_path: str | None = None, dtype: torch.dtype | str = torch
 
 def load_model_and_tokenizer(name_or_path: str | None = None, dtype: torch.dtype | str = torch.float32, device: str | None = None):
     return load_model(name_or_path, dtype, device), load_tokenizer(name_or_path)
+

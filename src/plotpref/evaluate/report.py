@@ -79,7 +79,7 @@ def _safe_label(label: str) -> str:
 def _reference_for(label: str, path: str | None, models: dict[str, str | None], config: EvalConfig) -> tuple[str, str | None] | None:
     """Where the reference log-probs of ``label`` come from: ("label", name) for another evaluated
     model, ("path", path) for a model to load, or None for the sum log-prob comparison."""
-    from plotpref.models import _adapter_base, resolve_model
+    from plotpref.models import adapter_base, resolve_model
 
     choice = config.reference_model
     if choice is None or choice == "none":
@@ -87,7 +87,7 @@ def _reference_for(label: str, path: str | None, models: dict[str, str | None], 
     if choice == "auto":
         if "base" in models and label != "base":
             return ("label", "base")
-        base = _adapter_base(resolve_model(path)) if path is not None else None
+        base = adapter_base(resolve_model(path)) if path is not None else None
         return ("path", base) if base else None
     if choice in models:
         return ("label", choice) if choice != label else None
