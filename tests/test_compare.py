@@ -72,3 +72,8 @@ def test_compare_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir):
     before = (out / "runs" / "dpo" / "model.safetensors").stat().st_mtime_ns
     assert cli_main(["compare", "--config", str(path), "--no_eval"]) == 0
     assert (out / "runs" / "dpo" / "model.safetensors").stat().st_mtime_ns == before
+
+    # --only restricts the compare to some runs; an unknown name is a clear error.
+    assert cli_main(["compare", "--config", str(path), "--no_eval", "--only", "dpo"]) == 0
+    assert [row["model"] for row in json.loads((out / "comparison.json").read_text())["rows"]] == ["base", "dpo"]
+    assert cli_main(["compare", "--config", str(path), "--only", "dpo+plt"]) == 2

@@ -220,6 +220,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output_dir", help="override the config's output_dir")
     parser.add_argument("--no_eval", action="store_true", help="train only")
     parser.add_argument("--overwrite", action="store_true", help="retrain runs that already have a model")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="train and evaluate only these runs of the config")
     args = parser.parse_args(argv)
     if not (args.quick or args.config):
         raise PlotprefError("say what to compare: --quick (the demo preset) or --config FILE (see configs/compare_*.yaml)")
@@ -229,5 +230,11 @@ def main(argv: list[str]) -> int:
         cfg.output_dir = args.output_dir
     if args.no_eval:
         cfg.evaluate = False
+    if args.only:
+        unknown = sorted(set(args.only) - {run["name"] for run in cfg.runs})
+        if unknown:
+            raise PlotprefError(f"--only: no run named {', '.join(unknown)} in {path}; runs: "
+                                f"{', '.join(run['name'] for run in cfg.runs)}")
+        cfg.runs = [run for run in cfg.runs if run["name"] in args.only]
     compare(cfg, overwrite=args.overwrite)
     return 0
