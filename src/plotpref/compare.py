@@ -165,12 +165,13 @@ def plot_training_curves(summaries: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, s in summaries.items():
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, s) in enumerate(summaries.items()):  # one colour per run in both panels
         hist = s.get("log_history", [])
         for ax, key in zip(axes, ("base_loss", "plot_term")):
             points = [(h["step"], h[key]) for h in hist if key in h]
             if points:
-                ax.plot(*zip(*points), marker=".", label=name)
+                ax.plot(*zip(*points), marker=".", label=name, color=colors[i % len(colors)])
     axes[0].set(title="base objective loss", xlabel="optimizer step", ylabel="loss")
     axes[1].set(title="PLOT term (mean W1(p_t, Q) or variant)", xlabel="optimizer step", ylabel="value")
     for ax in axes:
