@@ -184,3 +184,11 @@ def test_tokenizer_without_pad_token(tmp_path, tiny_model_dir, caplog, capsys):
     neither = copy_without(["pad_token", "eos_token"])
     assert cli_main(["train", *_common(neither, tmp_path / "o2", max_steps=1)]) == 2
     assert "neither a pad nor an EOS token" in capsys.readouterr().err
+
+
+def test_folder_without_a_model_is_a_clear_error(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli_main(["train", *_common(empty, tmp_path / "o", max_steps=1)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no Hugging Face model" in err and "Traceback" not in err

@@ -85,6 +85,9 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> str:
         return str(default_model_path())
     text = os.path.expanduser(str(name_or_path))
     if os.path.exists(text):
+        if not any(os.path.exists(os.path.join(text, f)) for f in ("config.json", "adapter_config.json")):
+            raise PlotprefError(f"{name_or_path} holds no Hugging Face model (no config.json or adapter_config.json): "
+                                "pass a model folder, e.g. the output_dir of `plotpref train`")
         return text
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise PlotprefError(f"model path {name_or_path!s} does not exist: pass an existing folder or a Hugging Face model name")
@@ -109,8 +112,8 @@ def load_tokenizer(name_or_path: str | None = None):
     base = adapter_base(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path if (Path(path) / "tokenizer_config.json").exists() or base is None else base)
-    except OSError as exc:
-        raise PlotprefError(f"could not load a tokenizer from {name_or_path}: {exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a folder without a usable tokenizer
+        raise PlotprefError(f"could not load a tokenizer from {name_or_path}: {str(exc).splitlines()[0]}") from exc
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise PlotprefError(
@@ -138,8 +141,8 @@ def load_model(name_or_path: str | None = None, dtype: torch.dtype | str = torch
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    except OSError as exc:
-        raise PlotprefError(f"could not load a model from {name_or_path}: {exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a folder that holds no model (no model_type)
+        raise PlotprefError(f"could not load a model from {name_or_path}: {str(exc).splitlines()[0]}") from exc
     if device:
         model.to(device)
     return model.eval()
