@@ -123,7 +123,7 @@ def _last(history: list[dict], key: str):
 
 def comparison_rows(cfg: CompareConfig, summaries: dict[str, dict], report: dict | None) -> list[dict]:
     """One row per model: its run settings, training figures and headline eval metrics."""
-    from plotpref.evaluate.report import scalar_metrics
+    from plotpref.evaluate.report import logprob_only, scalar_metrics
 
     models = (report or {}).get("models", {})
     rows = []
@@ -139,6 +139,8 @@ def comparison_rows(cfg: CompareConfig, summaries: dict[str, dict], report: dict
                        final_base_loss=_last(hist, "base_loss"), final_plot_term=_last(hist, "plot_term"))
         if label in models:
             row.update(scalar_metrics(models[label]))
+            # Columns that compare sum log-probs (the model is its own reference), not implicit rewards.
+            row["logprob_only_columns"] = sorted(logprob_only(models[label]))
         rows.append(row)
     return rows
 
@@ -146,16 +148,20 @@ def comparison_rows(cfg: CompareConfig, summaries: dict[str, dict], report: dict
 def _markdown(rows: list[dict]) -> str:
     columns = []
     for row in rows:
-        columns += [k for k in row if k not in columns]
-    def fmt(v):
+        columns += [k for k in row if k not in columns and k != "logprob_only_columns"]
+
+    def fmt(row, column):
+        v = row.get(column)
         if v is None:
             return ""
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
+        text = f"{v:.4g}" if isinstance(v, float) else str(v)
+        return text + "*" if column in row.get("logprob_only_columns", ()) else text
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    lines += ["| " + " | ".join(fmt(r, c) for c in columns) + " |" for r in rows]
+    note = ("\n\\* sum log-prob comparison of chosen vs rejected (the model is its own reference); the other "
+            "preference columns are implicit rewards log π − log π_base, so the two are not comparable.\n")
+    return "\n".join(lines) + "\n" + (note if any(r.get("logprob_only_columns") for r in rows) else "")
 
 
 def plot_training_curves(summaries: dict[str, dict], path: Path) -> None:
