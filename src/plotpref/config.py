@@ -168,10 +168,10 @@ def check_keys(data: dict, dataclass_type, where: str) -> None:
 
 def parse_config(argv: list[str], config_type=PlotprefConfig, prog: str = "plotpref train"):
     """``--config FILE`` (YAML) first, then ``--option value`` overrides; returns the dataclass."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(config_type, prog=prog)
+    parser = HfArgumentParser(config_type, prog=prog, allow_abbrev=False)  # --max_step is a typo, not --max_steps
     parser.add_argument("--config", default=None, help="YAML file of options; command-line options override it.")
     if known.config:
         data = load_yaml(known.config)

@@ -160,8 +160,8 @@ def train(cfg: PlotprefConfig, callbacks: list[TrainerCallback] | None = None) -
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     tokenizer = load_tokenizer(cfg.model)
+    rows, data_stats = prepare_rows(cfg, tokenizer)  # before the model: a data error shows at once
     model = load_model(cfg.model, dtype=cfg.model_dtype)
-    rows, data_stats = prepare_rows(cfg, tokenizer)
     distance, dist = build_distance(cfg, model, tokenizer)
 
     if cfg.objective in ("aot", "aot_unpaired") and cfg.per_device_train_batch_size == 1:
