@@ -192,3 +192,19 @@ def test_folder_without_a_model_is_a_clear_error(tmp_path, capsys):
     assert cli_main(["train", *_common(empty, tmp_path / "o", max_steps=1)]) == 2
     err = capsys.readouterr().err
     assert "holds no Hugging Face model" in err and "Traceback" not in err
+
+
+def test_precomputed_reference_matches_frozen_copy(tmp_path, tiny_model_dir, monkeypatch):
+    """Reference log-probs computed once (and cached) give the same losses as a frozen copy (step 2:
+    after one update the policy differs from the reference, so the reference values matter)."""
+    from plotpref.train import train
+
+    monkeypatch.setenv("PLOTPREF_CACHE", str(tmp_path / "cache"))
+    losses = {}
+    for reference in ("copy", "precomputed"):
+        cfg = parse_config(_common(tiny_model_dir, tmp_path / reference, objective="dpo", plot="none", max_steps=2,
+                                   max_train_samples=4, learning_rate=1e-2, reference=reference))
+        losses[reference] = [h["loss"] for h in train(cfg)["log_history"] if "base_loss" in h]
+    assert abs(losses["copy"][1] - 0.6931) > 1e-3  # the second step is not the trivial log 2
+    assert losses["precomputed"] == pytest.approx(losses["copy"], abs=1e-6)
+    assert any((tmp_path / "cache" / "ref_logps").iterdir())
