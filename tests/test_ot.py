@@ -58,18 +58,20 @@ def _grad(fn, z: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Ten
     "V, N, ties, chunk",
     [(2, 3, False, 64), (7, 5, True, 2), (100, 9, False, 4), (333, 6, True, 5), (1000, 4, False, 3)],
 )
-def test_w1_matches_scipy_float64(V, N, ties, chunk):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_w1_matches_scipy_float64(V, N, ties, chunk, backend):
     z, q, x = _case(V, N, seed=V, ties=ties)
-    ours = make_distance("w1", support=x, target=q, chunk_size=chunk)(z)
+    ours = make_distance("w1", support=x, target=q, chunk_size=chunk, backend=backend)(z)
     ref = _scipy_w1(z, q, x)
     assert ours.dtype == torch.float64
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-6, atol=0)
 
 
-def test_w1_matches_scipy_float32_full_vocab():
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_w1_matches_scipy_float32_full_vocab(backend):
     """The real vocabulary size (49,152, not a multiple of the chunk size 5 here), float32."""
     z, q, x = _case(49152, 4, seed=1, dtype=torch.float32)
-    ours = make_distance("w1", support=x.float(), target=q.float(), chunk_size=3)(z)
+    ours = make_distance("w1", support=x.float(), target=q.float(), chunk_size=3, backend=backend)(z)
     assert ours.dtype == torch.float32
     ref = _scipy_w1(z, q.float(), x.float())
     np.testing.assert_allclose(ours.double().numpy(), ref, rtol=1e-4, atol=0)
@@ -89,6 +91,23 @@ def test_functional_equals_object_and_naive():
     b = make_distance(support=x, target=q, chunk_size=2)(z)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     torch.testing.assert_close(a, _naive_w1(z, q, x), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fused_cpu_kernel_equals_torch_ops(dtype):
+    """The numba kernel (CPU default) and the torch-ops kernel (CUDA path): same values, same gradient."""
+    z, q, x = _case(20011, 37, seed=31, ties=True, dtype=torch.float32)
+    z = z.to(dtype)
+    fused = make_distance("w1", support=x, target=q, chunk_size=8)
+    plain = make_distance("w1", support=x, target=q, chunk_size=8, backend="torch")
+    w = torch.linspace(-1.0, 2.0, 37)
+    g_fused, g_plain = _grad(fused, z, w.to(fused(z).dtype)), _grad(plain, z, w.to(fused(z).dtype))
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(fused(z), plain(z), rtol=rtol, atol=0)
+    assert g_fused.dtype == dtype
+    scale = g_plain.abs().max()
+    atol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype] * scale
+    torch.testing.assert_close(g_fused, g_plain, rtol=0, atol=atol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,10 +144,11 @@ def test_scaling_support_scales_and_shifting_leaves_w1():
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_result_does_not_depend_on_chunk_size(variant, dtype):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_result_does_not_depend_on_chunk_size(variant, dtype, backend):
     z, q, x = _case(1001, 11, seed=7, dtype=dtype)
     kw = {"delta_f": (q - q.flip(0))} if variant == "deft" else {"target": q}
-    dists = [make_distance(variant, support=x, chunk_size=c, **kw) for c in (1, 4, 11, 64)]
+    dists = [make_distance(variant, support=x, chunk_size=c, backend=backend, **kw) for c in (1, 4, 11, 64)]
     values = [d(z) for d in dists]
     grads = [_grad(d, z) for d in dists]
     for v, g in zip(values[1:], grads[1:]):
@@ -152,26 +172,29 @@ def test_gradcheck_functional():
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("presorted", [False, True])
-def test_gradcheck_chunked_object(variant, presorted):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_gradcheck_chunked_object(variant, presorted, backend):
     z, q, x = _case(8, 5, seed=9, scale=1.0)
-    dist = make_distance(variant, support=x, chunk_size=2, **_variant_kwargs(variant, q))
+    dist = make_distance(variant, support=x, chunk_size=2, backend=backend, **_variant_kwargs(variant, q))
     if presorted:
         z = z[:, dist.order].contiguous()
     assert torch.autograd.gradcheck(lambda t: dist(t, presorted=presorted), (z.requires_grad_(),))
 
 
-def test_w1_gradient_matches_plain_autograd_float32():
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_w1_gradient_matches_plain_autograd_float32(backend):
     """The first backward (gradient computed in forward) against autograd of the naive formula."""
     z, q, x = _case(5000, 6, seed=10, dtype=torch.float32)
-    dist = make_distance(support=x, target=q, chunk_size=4)
+    dist = make_distance(support=x, target=q, chunk_size=4, backend=backend)
     ours = _grad(dist, z)
     ref = _grad(lambda t: _naive_w1(t.double(), q, x), z.double())
     torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=1e-8)
 
 
-def test_backward_twice_with_retain_graph():
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_backward_twice_with_retain_graph(backend):
     z, q, x = _case(60, 3, seed=11)
-    dist = make_distance(support=x, target=q, chunk_size=2)
+    dist = make_distance(support=x, target=q, chunk_size=2, backend=backend)
     zr = z.clone().requires_grad_(True)
     out = dist(zr).sum()
     out.backward(retain_graph=True)
@@ -181,9 +204,10 @@ def test_backward_twice_with_retain_graph():
     torch.testing.assert_close(first, _grad(lambda t: _naive_w1(t, q, x), z, torch.ones(3, dtype=z.dtype)))
 
 
-def test_non_contiguous_logits():
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_non_contiguous_logits(backend):
     z, q, x = _case(130, 6, seed=25, dtype=torch.float32)
-    dist = make_distance(support=x, target=q, chunk_size=4)
+    dist = make_distance(support=x, target=q, chunk_size=4, backend=backend)
     zt = z.t().contiguous().t()  # same values, column-major strides
     assert not zt.is_contiguous()
     torch.testing.assert_close(dist(zt), dist(z), rtol=0, atol=0)
@@ -200,9 +224,10 @@ def test_no_grad_and_detached_inputs():
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_presorted_equals_gathered(variant):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_presorted_equals_gathered(variant, backend):
     z, q, x = _case(203, 7, seed=13, ties=True, dtype=torch.float32)
-    dist = make_distance(variant, support=x, chunk_size=3, **_variant_kwargs(variant, q))
+    dist = make_distance(variant, support=x, chunk_size=3, backend=backend, **_variant_kwargs(variant, q))
     zs = z[:, dist.order].contiguous()
     torch.testing.assert_close(dist(zs, presorted=True), dist(z), rtol=1e-6, atol=1e-7)
     g_sorted = _grad(lambda t: dist(t, presorted=True), zs)
@@ -217,9 +242,10 @@ def test_presorted_equals_gathered(variant):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
-def test_half_precision_logits(variant, half):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_half_precision_logits(variant, half, backend):
     z, q, x = _case(3000, 5, seed=14, dtype=torch.float32)
-    dist = make_distance(variant, support=x, chunk_size=2, **_variant_kwargs(variant, q))
+    dist = make_distance(variant, support=x, chunk_size=2, backend=backend, **_variant_kwargs(variant, q))
     zh = z.to(half)
     out = dist(zh)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
@@ -232,12 +258,13 @@ def test_half_precision_logits(variant, half):
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_extreme_logits_are_finite(variant):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_extreme_logits_are_finite(variant, backend):
     z, q, x = _case(500, 4, seed=15, dtype=torch.float32)
     z = torch.where(z > 0, 1e4, -1e4)
     z[3] = -1e4
     z[3, 17] = 1e4  # one row is a point mass at token 17
-    dist = make_distance(variant, support=x, chunk_size=3, **_variant_kwargs(variant, q))
+    dist = make_distance(variant, support=x, chunk_size=3, backend=backend, **_variant_kwargs(variant, q))
     out = dist(z)
     g = _grad(dist, z)
     assert torch.isfinite(out).all() and torch.isfinite(g).all()
@@ -369,6 +396,8 @@ def test_make_distance_arguments():
         make_distance("deft", support=x, delta_f=q * 5 + 1)
     with pytest.raises(PlotprefError, match="chunk_size"):
         make_distance(support=x, target=q, chunk_size=0)
+    with pytest.raises(PlotprefError, match="backend must be 'auto' or 'torch'; got 'numba'"):
+        make_distance(support=x, target=q, backend="numba")
     dist = make_distance("js", support=x, target=q, chunk_size=7)
     assert (dist.variant, dist.vocab_size, dist.chunk_size) == ("js", 20, 7)
 

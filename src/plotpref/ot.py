@@ -25,23 +25,35 @@ Public API
 
 Cost and memory of a :class:`PreferenceDistance` call on ``(N, V)`` logits
 --------------------------------------------------------------------------
-Forward works on ``chunk_size`` rows at a time in float32 (float64 for float64 logits). When
-the logits require grad, the closed-form gradient of each chunk is computed right away and
-written into one ``(N, V)`` buffer in the logits' dtype; backward only scales that buffer by the
-incoming gradient, in place, and returns it. The extra memory of forward+backward is that buffer
-(the size of the logits) plus, for W1, three ``chunk_size x V`` float32 workspace arrays: for
-float32 logits ``1 + 3 * min(chunk_size, N) / N`` times the logits, e.g. 1.375x for N = 512 rows
-and the default chunk of 64 (measured in benchmarks/bench_ot.py). Backward may run more than once
-(``retain_graph=True``, ``gradcheck``): later calls recompute the gradient from the saved logits.
-Double backward is not supported.
+Rows are processed ``chunk_size`` at a time in float32 (float64 for float64 logits). When the
+logits require grad, the closed-form gradient is computed in forward, straight into one
+``(N, V)`` buffer in the logits' dtype; backward only scales that buffer by the incoming
+gradient, in place, and returns it. Backward may run more than once (``retain_graph=True``,
+``gradcheck``): later calls recompute the gradient from the saved logits. Double backward is
+not supported.
 
-The gather of every row into sorted token order is the most expensive step (random access over
-``V``). A trainer can skip it: permute the output layer's rows once by ``dist.order``, so that
-logits come out already sorted, and call ``dist(logits, presorted=True)``.
+W1 has two backends with the same formulas (values and gradients agree to float32 rounding):
+
+* CPU (default there): torch's softmax, then a kernel compiled with numba that makes three
+  passes per row (gather into sorted order, one sequential pass for the cumulative sums, the
+  value and the gradient's cumulative sum, and one pass back in token order) where torch ops
+  need about a dozen. The softmax is written into the gradient buffer and overwritten by the
+  gradient, so the extra memory of forward+backward is that buffer (1x the logits for float32
+  logits) plus two ``V``-long scratch rows per thread; without grad, one ``chunk_size x V``
+  workspace. It is compiled on first use (a few seconds) and cached on disk by numba.
+* Torch ops (``backend="torch"``, and any non-CPU device): softmax, cumsum, sign and products
+  per chunk; three ``chunk_size x V`` float32 workspace arrays besides the gradient buffer,
+  i.e. ``1 + 3 * min(chunk_size, N) / N`` times the logits for float32 logits (1.375x for
+  N = 512 and the default chunk of 64). The gather of every row into sorted token order is its
+  most expensive step; a trainer can skip it by permuting the output layer's rows once by
+  ``dist.order`` and calling ``dist(logits, presorted=True)``.
+
+Measured speeds are in benchmarks/RESULTS.md (``python benchmarks/bench_ot.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Callable
@@ -223,6 +235,109 @@ class _W1Kernel:
         return values
 
 
+@functools.cache
+def _fused_w1_rows():
+    """The numba-compiled CPU kernel of :class:`_W1Kernel` (compiled on first use, cached on disk).
+
+    ``rows(p, total, order, rank, gaps, cdf_q, values, with_grad, n_blocks)``: for each row i of
+    the softmax ``p`` (n, V), contiguous, in token order, with ``total[i] = sum(p[i])``, three
+    passes over V:
+
+    1. gather the row into sorted order (``order``, int32) in a (V,) scratch;
+    2. one sequential pass that accumulates, in float64,
+       ``c_k = sum_{m<=k} p_sigma(m)``, ``d_k = c_k - T F_Q(k)``, ``s_k = sign(d_k) Delta_k``,
+       ``W1 = sum_k d_k s_k / T``, ``h_k = sum_{m<k} s_m`` (stored) and ``<p, h>``;
+    3. with ``with_grad``, overwrite ``p[i]`` in place, in token order, by the gradient
+       ``p * (<p, h> - h[rank])`` (``rank`` = the inverse permutation).
+
+    The formulas are those of :class:`_W1Kernel`; torch ops need about a dozen passes over the
+    row for them. Keeping the random accesses (1, 3) out of the sequential pass (2) measured
+    faster than one fused pass with a random load and store per step. Rows run in parallel in
+    ``n_blocks`` threads, each with its own scratch.
+    """
+    import numba  # noqa: PLC0415 (imported on first use of the CPU kernel only)
+    import numpy as np  # noqa: PLC0415
+
+    @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+    def rows(p, total, order, rank, gaps, cdf_q, values, with_grad, n_blocks):  # pragma: no cover (compiled)
+        n, V = p.shape
+        for b in numba.prange(n_blocks):
+            ps = np.empty(V, dtype=p.dtype)
+            hs = np.empty(V, dtype=p.dtype)
+            for i in range(b, n, n_blocks):
+                row = p[i]
+                for k in range(V):
+                    ps[k] = row[order[k]]
+                T = total[i]
+                c = 0.0
+                hk = 0.0
+                w = 0.0
+                ph = 0.0
+                for k in range(V - 1):
+                    pk = ps[k]
+                    c += pk
+                    hs[k] = hk
+                    ph += pk * hk
+                    d = c - T * cdf_q[k]
+                    s = gaps[k] if d >= 0 else -gaps[k]
+                    w += d * s
+                    hk += s
+                hs[V - 1] = hk
+                ph += ps[V - 1] * hk
+                values[i] = w / T
+                if with_grad:
+                    for j in range(V):
+                        row[j] = row[j] * (ph - hs[rank[j]])
+
+    return rows
+
+
+def _fused_threads(n_rows: int) -> int:
+    import numba  # noqa: PLC0415
+
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, n_rows))
+    numba.set_num_threads(threads)
+    return threads
+
+
+class _FusedW1CPU:
+    """W1 on CPU tensors: torch's softmax (vectorised), then :func:`_fused_w1_rows`.
+
+    Same values and gradient as :class:`_W1Kernel` (to float32 rounding); about 3x faster on CPU
+    because it reads each row twice instead of about twelve times (benchmarks/bench_ot.py).
+    Takes logits in token order and does the sorted-order gather itself, so there is nothing to
+    gain from ``presorted`` (then ``order`` is the identity).
+    """
+
+    needs_sorted = False  # the kernel gathers itself
+
+    def __init__(self, order: Tensor, gaps: Tensor, cdf_q: Tensor):
+        self.dtype = gaps.dtype  # the accumulation dtype: float32 or float64
+        self.order = order.to(torch.int32).numpy()
+        self.rank = torch.argsort(order).to(torch.int32).numpy()
+        self.gaps = gaps.numpy()
+        self.cdf_q = cdf_q.numpy()
+
+    def run(self, logits: Tensor, chunk_size: int, values: Tensor | None, grad: Tensor | None) -> None:
+        """Write values (N,) and/or the gradient (N, V) for CPU logits (N, V)."""
+        rows_kernel = _fused_w1_rows()
+        N, V = logits.shape
+        acc = self.dtype
+        ws: dict[str, Tensor] = {}
+        scratch_values = values if values is not None else torch.empty(N, dtype=acc)
+        direct = grad is not None and grad.dtype == acc  # softmax straight into the gradient buffer
+        for start in range(0, N, chunk_size):
+            stop = min(start + chunk_size, N)
+            n = stop - start
+            p = grad[start:stop] if direct else _buffer(ws, "p", n, V, scratch_values)
+            torch.softmax(logits[start:stop].to(acc), dim=1, out=p)
+            total = p.sum(dim=1).double()  # float32 pairwise sum: a float64-accumulating sum is 40x slower here
+            rows_kernel(p.numpy(), total.numpy(), self.order, self.rank, self.gaps, self.cdf_q,
+                        scratch_values[start:stop].numpy(), grad is not None, _fused_threads(n))
+            if grad is not None and not direct:
+                grad[start:stop].copy_(p)
+
+
 class _TVKernel:
     """Total variation 1/2 sum|p - Q| (the OT cost with 0-1 ground cost); dD/dp = 1/2 sign(p - Q)."""
 
@@ -378,6 +493,13 @@ def _run_chunks(
                 grad[start:stop].copy_(g.index_select(1, inverse))
 
 
+def _evaluate(logits, kernel, order, chunk_size, values, grad) -> None:
+    if isinstance(kernel, _FusedW1CPU):
+        kernel.run(logits, chunk_size, values, grad)
+    else:
+        _run_chunks(logits, kernel, order, chunk_size, values, grad)
+
+
 class _ChunkedRowDistance(torch.autograd.Function):
     """D(softmax(z_n)) for every row n, with the gradient computed in forward (see module docs)."""
 
@@ -386,7 +508,7 @@ class _ChunkedRowDistance(torch.autograd.Function):
         acc = _accumulation_dtype(logits.dtype)
         values = torch.empty(logits.shape[0], dtype=acc, device=logits.device)
         grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if ctx.needs_input_grad[0] else None
-        _run_chunks(logits, kernel, order, chunk_size, values, grad)
+        _evaluate(logits, kernel, order, chunk_size, values, grad)
         ctx.kernel, ctx.order, ctx.chunk_size, ctx.grad = kernel, order, chunk_size, grad
         ctx.save_for_backward(logits)
         return values
@@ -398,7 +520,7 @@ class _ChunkedRowDistance(torch.autograd.Function):
         if grad is None:  # a second backward through the same graph: recompute
             (logits,) = ctx.saved_tensors
             grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-            _run_chunks(logits, ctx.kernel, ctx.order, ctx.chunk_size, None, grad)
+            _evaluate(logits, ctx.kernel, ctx.order, ctx.chunk_size, None, grad)
         grad.mul_(grad_output.unsqueeze(1).to(grad.dtype))
         return grad, None, None, None
 
@@ -426,13 +548,12 @@ class PreferenceDistance:
     """
 
     def __init__(self, variant: str, kernel_factory: Callable[[Tensor, torch.dtype, torch.device, bool], Callable],
-                 *, support: Tensor, order: Tensor, chunk_size: int, needs_sorted: bool):
+                 *, support: Tensor, order: Tensor, chunk_size: int):
         self.variant = variant
         self.support = support
         self.vocab_size = support.numel()
         self.chunk_size = chunk_size
         self.order = order
-        self._needs_sorted = needs_sorted
         self._kernel_factory = kernel_factory
         self._cache: dict = {}
 
@@ -442,7 +563,7 @@ class PreferenceDistance:
     def _kernel(self, dtype: torch.dtype, device: torch.device, presorted: bool):
         key = (dtype, device, presorted)
         if key not in self._cache:
-            self._cache[key] = self._kernel_factory(self.order, dtype, device, presorted or self._needs_sorted)
+            self._cache[key] = self._kernel_factory(self.order, dtype, device, presorted)
         return self._cache[key]
 
     def __call__(self, logits: Tensor, *, presorted: bool = False) -> Tensor:
@@ -461,7 +582,7 @@ class PreferenceDistance:
         acc = _accumulation_dtype(logits.dtype)
         kernel = self._kernel(acc, logits.device, presorted)
         order = None
-        if self._needs_sorted and not presorted:
+        if kernel.needs_sorted and not presorted:
             key = ("order", logits.device)
             if key not in self._cache:
                 self._cache[key] = (self.order.to(logits.device), torch.argsort(self.order).to(logits.device))
@@ -476,6 +597,7 @@ def make_distance(
     target: Tensor | None = None,
     delta_f: Tensor | None = None,
     chunk_size: int = 64,
+    backend: str = "auto",
 ) -> PreferenceDistance:
     """Build the PLOT term (or an ablation variant) for a fixed target and token geometry.
 
@@ -490,6 +612,10 @@ def make_distance(
         delta_f: (V,) dF = F+ - F-, values in [-1, 1] (variant ``"deft"``).
         chunk_size: rows evaluated at once; bounds the workspace to a few ``chunk_size x V``
             arrays. Results do not depend on it.
+        backend: how ``"w1"`` is computed. ``"auto"`` (default): on CPU a fused kernel compiled
+            with numba (one pass per row, about 3x faster than torch ops there), elsewhere
+            (CUDA, MPS) torch ops; ``"torch"``: torch ops everywhere. Same values and gradients
+            to float32 rounding. Other variants are torch ops in any case.
 
     Returns:
         A callable :class:`PreferenceDistance`: ``dist(logits (N, V)) -> (N,)``. A trainer
@@ -501,6 +627,8 @@ def make_distance(
     if variant not in VARIANTS:
         valid = ", ".join(f"{k!r} ({v})" for k, v in VARIANTS.items())
         raise PlotprefError(f"unknown distance variant {variant!r}; valid variants: {valid}")
+    if backend not in ("auto", "torch"):
+        raise PlotprefError(f"backend must be 'auto' or 'torch'; got {backend!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise PlotprefError(f"chunk_size must be a positive integer (rows per chunk); got {chunk_size!r}")
     x = _check_support(support)
@@ -528,10 +656,13 @@ def make_distance(
         gaps64 = x_sorted[1:] - x_sorted[:-1]
         cdf64 = torch.cumsum(constant[order], 0)[:-1].clamp_(max=1.0)
 
-        def factory(_order, dtype, device, _sorted):
-            return _W1Kernel(gaps64.to(device=device, dtype=dtype), cdf64.to(device=device, dtype=dtype))
+        def factory(order, dtype, device, presorted):
+            gaps, cdf_q = gaps64.to(device=device, dtype=dtype), cdf64.to(device=device, dtype=dtype)
+            if backend == "torch" or device.type != "cpu":
+                return _W1Kernel(gaps, cdf_q)
+            return _FusedW1CPU(torch.arange(V) if presorted else order, gaps, cdf_q)
 
-        return PreferenceDistance(variant, factory, support=x, order=order, chunk_size=chunk_size, needs_sorted=True)
+        return PreferenceDistance(variant, factory, support=x, order=order, chunk_size=chunk_size)
 
     kernel_class = {"tv": _TVKernel, "kl": _KLKernel, "js": _JSKernel, "deft": _DEFTKernel}[variant]
 
@@ -539,7 +670,7 @@ def make_distance(
         vec = constant[order] if presorted else constant
         return kernel_class(vec, dtype, device)
 
-    return PreferenceDistance(variant, factory, support=x, order=order, chunk_size=chunk_size, needs_sorted=False)
+    return PreferenceDistance(variant, factory, support=x, order=order, chunk_size=chunk_size)
 
 
 def wasserstein_1d(logits: Tensor, target: Tensor, support: Tensor, *, chunk_size: int = 64) -> Tensor:
