@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -233,6 +234,41 @@ def test_presorted_equals_gathered(variant, backend):
     g_sorted = _grad(lambda t: dist(t, presorted=True), zs)
     torch.testing.assert_close(g_sorted, _grad(dist, z)[:, dist.order], rtol=1e-5, atol=1e-8)
     assert torch.equal(dist.order, torch.argsort(x.double(), stable=True))
+
+
+def _peak_extra_bytes(fn) -> int:
+    """Peak bytes allocated while `fn` runs: torch's CPU allocator (profiler) + numpy's (tracemalloc)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    live = torch_peak = 0
+    for e in events:
+        live += e.nbytes()
+        torch_peak = max(torch_peak, live)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        numpy_peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    return torch_peak + numpy_peak
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_w1_forward_backward_memory_is_bounded(backend):
+    """Peak extra memory of forward+backward (the returned gradient included) is at most 2x the logits."""
+    N, V = 256, 49152
+    _, q, x = _case(V, 1, seed=41, dtype=torch.float32)
+    z = (torch.randn(N, V, generator=torch.Generator().manual_seed(41)) * 3).requires_grad_(True)
+    dist = make_distance("w1", support=x.float(), target=q.float(), chunk_size=64, backend=backend)
+    ones = torch.ones(N)
+    torch.autograd.grad(dist(z), z, ones)  # compile / warm up
+    peak = _peak_extra_bytes(lambda: torch.autograd.grad(dist(z), z, ones))
+    logits_bytes = z.numel() * z.element_size()
+    assert logits_bytes <= peak <= 2.0 * logits_bytes, f"peak {peak / logits_bytes:.2f}x the logits"
 
 
 # ---------------------------------------------------------------------------------------------

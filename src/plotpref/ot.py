@@ -34,13 +34,15 @@ not supported.
 
 W1 has two backends with the same formulas (values and gradients agree to float32 rounding):
 
-* CPU (default there): torch's softmax, then a kernel compiled with numba that makes three
-  passes per row (gather into sorted order, one sequential pass for the cumulative sums, the
-  value and the gradient's cumulative sum, and one pass back in token order) where torch ops
-  need about a dozen. The softmax is written into the gradient buffer and overwritten by the
-  gradient, so the extra memory of forward+backward is that buffer (1x the logits for float32
-  logits) plus two ``V``-long scratch rows per thread; without grad, one ``chunk_size x V``
-  workspace. It is compiled on first use (a few seconds) and cached on disk by numba.
+* CPU (default there): torch's softmax, then a kernel compiled with numba that takes rows two
+  at a time and makes four passes per row (its float64 total, the gather into sorted order, one
+  sequential pass for the cumulative sums, the value and the gradient's cumulative sum, and one
+  pass back in token order) where torch ops need about a dozen. The softmax is written into the
+  gradient buffer and overwritten by the gradient, so the extra memory of forward+backward is
+  that buffer (1x the logits for float32 logits) plus five ``V``-long scratch rows per thread;
+  without grad, one ``chunk_size x V`` workspace. CPU buffers come from numpy, which uses
+  transparent huge pages (fewer page faults). The kernel is compiled on first use (a few
+  seconds) and cached on disk by numba.
 * Torch ops (``backend="torch"``, and any non-CPU device): softmax, cumsum, sign and products
   per chunk; three ``chunk_size x V`` float32 workspace arrays besides the gradient buffer,
   i.e. ``1 + 3 * min(chunk_size, N) / N`` times the logits for float32 logits (1.375x for
@@ -344,8 +346,8 @@ def _fused_threads(n_rows: int) -> int:
 class _FusedW1CPU:
     """W1 on CPU tensors: torch's softmax (vectorised), then :func:`_fused_w1_rows`.
 
-    Same values and gradient as :class:`_W1Kernel` (to float32 rounding); about 3x faster on CPU
-    because it reads each row twice instead of about twelve times (benchmarks/bench_ot.py).
+    Same values and gradient as :class:`_W1Kernel` (to float32 rounding); about 2x faster than it
+    on CPU because it reads each row four times instead of about twelve (benchmarks/bench_ot.py).
     Takes logits in token order and does the sorted-order gather itself, so there is nothing to
     gain from ``presorted`` (then ``order`` is the identity).
     """
@@ -669,7 +671,7 @@ def make_distance(
         chunk_size: rows evaluated at once; bounds the workspace to a few ``chunk_size x V``
             arrays. Results do not depend on it.
         backend: how ``"w1"`` is computed. ``"auto"`` (default): on CPU a fused kernel compiled
-            with numba (one pass per row, about 3x faster than torch ops there), elsewhere
+            with numba (about 2x faster than torch ops there), elsewhere
             (CUDA, MPS) torch ops; ``"torch"``: torch ops everywhere. Same values and gradients
             to float32 rounding. Other variants are torch ops in any case.
 
