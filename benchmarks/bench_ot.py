@@ -1,8 +1,11 @@
 """Benchmark the PLOT term's W1 kernel against scipy, POT, a naive torch version and log_softmax.
 
-Everything runs in one process, side by side: every round times every method once, in the same
-order, and the table reports the median over rounds (and the ratio of medians), so that load from
-other processes hits all methods alike.
+Everything runs in one process, side by side: every round times every method once, in an order
+shuffled afresh each round (seeded), and the table reports the median over rounds (and the ratio of
+medians), so that load from other processes hits all methods alike. The shuffle matters: in a fixed
+order, the method timed right after the naive version (which frees 480 MB) paid for the memory
+that the C library had just handed back to the kernel (page faults on its fresh gradient buffer),
+and measured 2x slower than in any other position.
 
     python benchmarks/bench_ot.py                        # V = 49,152, N = 64 and 512, float32
     python benchmarks/bench_ot.py --rows 512 --chunk-sizes 4 8 16 32 64
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import random
 import statistics
 import time
 import tracemalloc
@@ -156,15 +160,15 @@ def main() -> None:
 
         for fn in [*forward.values(), *backward.values(), *sweep.values()]:
             fn()  # warm-up
+        jobs = [(("scipy", "fwd"), scipy_loop, len(p_sub)), (("POT", "fwd"), pot_loop, len(p_sub))]
+        jobs += [((name, "fwd"), fn, N) for name, fn in forward.items()]
+        jobs += [((name, "fwdbwd"), fn, N) for name, fn in backward.items()]
+        jobs += [((name, "sweep"), fn, N) for name, fn in sweep.items()]
+        shuffle = random.Random(N)
         for _ in range(args.rounds):
-            clock(("scipy", "fwd"), scipy_loop, len(p_sub))
-            clock(("POT", "fwd"), pot_loop, len(p_sub))
-            for name, fn in forward.items():
-                clock((name, "fwd"), fn, N)
-            for name, fn in backward.items():
-                clock((name, "fwdbwd"), fn, N)
-            for name, fn in sweep.items():
-                clock((name, "sweep"), fn, N)
+            shuffle.shuffle(jobs)  # no method always follows the same neighbour (see the docstring)
+            for key, fn, rows in jobs:
+                clock(key, fn, rows)
         med = {k: statistics.median(v) for k, v in times.items()}
 
         memory = {name: peak_extra_bytes(fn) for name, fn in backward.items()}
