@@ -41,7 +41,7 @@ def test_bad_compare_config(tmp_path, capsys, data, needle):
     assert needle in err and "Traceback" not in err
 
 
-def test_compare_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir):
+def test_compare_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "results"
     config = {
         "output_dir": str(out),
@@ -77,3 +77,10 @@ def test_compare_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir):
     assert cli_main(["compare", "--config", str(path), "--no_eval", "--only", "dpo"]) == 0
     assert [row["model"] for row in json.loads((out / "comparison.json").read_text())["rows"]] == ["base", "dpo"]
     assert cli_main(["compare", "--config", str(path), "--only", "dpo+plt"]) == 2
+
+    # A run trained with other options is not silently reused: clear error, nothing deleted.
+    config["runs"][1]["plot_lambda"] = 4.0
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert cli_main(["compare", "--config", str(path), "--no_eval"]) == 2
+    assert "plot_lambda: 8.0 -> 4.0" in capsys.readouterr().err
+    assert (out / "runs" / "dpo+plot" / "model.safetensors").stat().st_size > 0

@@ -85,6 +85,23 @@ def run_config(cfg: CompareConfig, run: dict) -> PlotprefConfig:
     return PlotprefConfig(**options)
 
 
+def _check_same_options(name: str, run_cfg: PlotprefConfig) -> None:
+    """Refuse to reuse a trained run whose saved options differ from the config's (a stale result)."""
+    import yaml  # noqa: PLC0415
+
+    saved_path = Path(run_cfg.output_dir) / "plotpref_config.yaml"
+    if not saved_path.exists():
+        return  # trained by an older plotpref: nothing to compare against
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    wanted = yaml.safe_load(yaml.safe_dump(run_cfg.plotpref_fields(), sort_keys=False))
+    changed = [f"{key}: {saved.get(key)!r} -> {wanted.get(key)!r}" for key in sorted(set(saved) | set(wanted))
+               if key != "output_dir" and saved.get(key) != wanted.get(key)]
+    if changed:
+        raise PlotprefError(
+            f"run {name!r}: {run_cfg.output_dir} holds a model trained with other options ({'; '.join(changed)}); "
+            "pass --overwrite to retrain it, or set another output_dir (--output_dir) to keep both")
+
+
 def train_runs(cfg: CompareConfig, overwrite: bool = False) -> dict[str, dict]:
     from plotpref.train import train
 
@@ -93,6 +110,7 @@ def train_runs(cfg: CompareConfig, overwrite: bool = False) -> dict[str, dict]:
         run_cfg = run_config(cfg, run)
         summary_path = Path(run_cfg.output_dir) / "train_summary.json"
         if summary_path.exists() and not overwrite:
+            _check_same_options(run["name"], run_cfg)
             logger.info("[%d/%d] %s: already trained, reusing %s", i, len(cfg.runs), run["name"], run_cfg.output_dir)
             summaries[run["name"]] = json.loads(summary_path.read_text())
             continue
