@@ -144,6 +144,11 @@ def test_parse_models():
     assert parse_models(["base", "dpo=runs/dpo", "runs/pro/"]) == {"base": None, "dpo": "runs/dpo", "pro": "runs/pro/"}
     with pytest.raises(PlotprefError, match="given twice"):
         parse_models(["a=x", "a=y"])
+    assert parse_models(["start=base"]) == {"start": None}
+    # An empty side of '=' (e.g. an unset shell variable) is an error, not the default model.
+    for spec, side in (("dpo=", "path"), ("=runs/dpo", "label")):
+        with pytest.raises(PlotprefError, match=f"empty {side}"):
+            parse_models([spec])
 
 
 def _cli_error(capsys, argv) -> str:

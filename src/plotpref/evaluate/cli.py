@@ -64,7 +64,10 @@ def parse_models(specs: list[str]) -> dict[str, str | None]:
         label, sep, path = spec.partition("=")
         if not sep:
             label, path = (spec, None) if spec in ("base", "default") else (Path(spec.rstrip("/")).name or spec, spec)
-        elif path in ("base", "default", ""):
+        elif not label or not path:
+            raise PlotprefError(f"model {spec!r}: empty {'label' if not label else 'path'} around '='; write LABEL=PATH "
+                                "(LABEL=base for the default model)")
+        elif path in ("base", "default"):
             path = None
         if label in models:
             raise PlotprefError(f"model label {label!r} is given twice: name them LABEL=PATH")
