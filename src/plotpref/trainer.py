@@ -70,7 +70,7 @@ class PlotTrainer(Trainer):
             "examples": float(B),
             "chosen_tokens": float(mask[:B].sum()),
             "plot_positions": float(mask[rows].sum()),
-            "plot_sequences": float(len(rows)),
+            "plot_sequences": float(rows.stop - rows.start),
         }
         return counts
 
@@ -91,13 +91,16 @@ class PlotTrainer(Trainer):
         return batches, {k: float(v) / world for k, v in zip(keys, vec.tolist())}
 
     # ---- the loss -------------------------------------------------------------------------------
-    def _plot_rows(self, B: int, n: int) -> list[int]:
+    def _plot_rows(self, B: int, n: int) -> slice:
+        """The batch rows the PLOT term reads, as a slice: indexing logits (rows, T, V) with a list
+        copies them and its backward is a slow accumulate-scatter (measured on CPU: +0.33 s per
+        backward of a (4, 256, 49152) logits tensor against +0.15 s for a slice)."""
         which = self.args.plot_positions
         if which == "chosen":
-            return list(range(B))
+            return slice(0, B)
         if which == "rejected":
-            return list(range(B, 2 * B))
-        return list(range(B * n))
+            return slice(B, 2 * B)
+        return slice(0, B * n)
 
     def _forward_rows(self, B: int, n: int) -> int:
         """How many rows of the batch the forward pass needs (SFT needs only the chosen ones)."""
@@ -179,8 +182,8 @@ class PlotTrainer(Trainer):
             # W1(mean_t p_t, Q): the log of each sequence's mean distribution, which softmax maps
             # back to that mean.
             per_row = mask.sum(1)
-            seq = torch.repeat_interleave(torch.arange(len(rows), device=logits.device), per_row)
-            mean_p = torch.zeros(len(rows), selected.shape[-1], device=logits.device, dtype=torch.float32)
+            seq = torch.repeat_interleave(torch.arange(len(per_row), device=logits.device), per_row)
+            mean_p = torch.zeros(len(per_row), selected.shape[-1], device=logits.device, dtype=torch.float32)
             mean_p = mean_p.index_add(0, seq, torch.softmax(selected.float(), dim=-1))
             mean_p = mean_p / per_row.clamp(min=1).unsqueeze(1)
             values = self.distance(mean_p[per_row > 0].clamp_min(torch.finfo(torch.float32).tiny).log())
