@@ -187,3 +187,11 @@ def test_cli_end_to_end_on_the_default_model(tmp_path, capsys):
     assert main(["distribution", str(bad), "--out", str(tmp_path / "never")]) == 2
     assert f"{bad}:2: malformed JSON" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_empty_dataset_and_no_response_tokens_are_clear_errors(tiny_tokenizer):
+    with pytest.raises(PlotprefError, match="no preference examples"):
+        build_distribution([], tiny_tokenizer, vocab_size=V)
+    # Responses made only of tokens the tokenizer does not know (or special tokens): nothing to count.
+    with pytest.raises(PlotprefError, match="response token was counted"):
+        build_distribution([pair("", " ")], tiny_tokenizer, vocab_size=V)
