@@ -39,42 +39,17 @@ import platform
 import random
 import statistics
 import time
-import tracemalloc
 
 import numpy as np
 import torch
-from torch.profiler import ProfilerActivity, profile
 
+from plotpref._memory import peak_extra_bytes
 from plotpref.ot import make_distance
 
 
 def naive_w1(z: torch.Tensor, order: torch.Tensor, cdf_q: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
     cdf_p = torch.cumsum(torch.softmax(z, dim=1)[:, order], dim=1)[:, :-1]
     return ((cdf_p - cdf_q).abs() * gaps).sum(dim=1)
-
-
-def peak_extra_bytes(fn) -> int:
-    """Peak extra bytes while `fn` runs: torch's CPU allocator (profiler) plus numpy's (tracemalloc).
-
-    torch's part is the maximum of the running sum of the profiler's allocation and free events;
-    numpy's part (plotpref allocates its gradient buffer with numpy, see ot._new_gradient_buffer)
-    is tracemalloc's peak, which numpy reports its array buffers to. The two peaks are added, so
-    the figure is an upper bound when both allocators are used. Each part comes from its own call
-    of `fn`.
-    """
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    tracemalloc.start()  # a second call, without the profiler (whose own Python objects tracemalloc would count)
-    base = tracemalloc.get_traced_memory()[0]
-    fn()
-    numpy_peak = tracemalloc.get_traced_memory()[1] - base
-    tracemalloc.stop()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak + numpy_peak
 
 
 def main() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import scipy.special
 import scipy.stats
 import torch
 
+from plotpref._memory import peak_extra_bytes
 from plotpref.errors import PlotprefError
 from plotpref.ot import VARIANTS, make_distance, token_positions, wasserstein_1d
 
@@ -236,27 +236,6 @@ def test_presorted_equals_gathered(variant, backend):
     assert torch.equal(dist.order, torch.argsort(x.double(), stable=True))
 
 
-def _peak_extra_bytes(fn) -> int:
-    """Peak bytes allocated while `fn` runs: torch's CPU allocator (profiler) + numpy's (tracemalloc)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
-    live = torch_peak = 0
-    for e in events:
-        live += e.nbytes()
-        torch_peak = max(torch_peak, live)
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        fn()
-        numpy_peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-    return torch_peak + numpy_peak
-
-
 @pytest.mark.parametrize("backend", ["auto", "torch"])
 def test_w1_forward_backward_memory_is_bounded(backend):
     """Peak extra memory of forward+backward (the returned gradient included) is at most 2x the logits."""
@@ -266,7 +245,7 @@ def test_w1_forward_backward_memory_is_bounded(backend):
     dist = make_distance("w1", support=x.float(), target=q.float(), chunk_size=64, backend=backend)
     ones = torch.ones(N)
     torch.autograd.grad(dist(z), z, ones)  # compile / warm up
-    peak = _peak_extra_bytes(lambda: torch.autograd.grad(dist(z), z, ones))
+    peak = peak_extra_bytes(lambda: torch.autograd.grad(dist(z), z, ones))
     logits_bytes = z.numel() * z.element_size()
     assert logits_bytes <= peak <= 2.0 * logits_bytes, f"peak {peak / logits_bytes:.2f}x the logits"
 

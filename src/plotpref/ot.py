@@ -263,7 +263,6 @@ def _fused_w1_rows():
     copy of itself in scratch.
     """
     import numba  # noqa: PLC0415 (imported on first use of the CPU kernel only)
-    import numpy as np  # noqa: PLC0415
 
     @numba.njit(fastmath=True, cache=True, nogil=True, boundscheck=False)
     def row_total(row):  # pragma: no cover (compiled); fastmath: a vectorised float64 sum
